@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Starts the MLflow UI and tracking server against this project's store (mlflow/mlflow.db and
+# mlflow/artifacts/). Binds to 127.0.0.1 unless MLFLOW_HOST says otherwise; on a cluster, reach it
+# from your laptop with an SSH tunnel:  ssh -L 5000:127.0.0.1:5000 login-node
+#
+#   mlflow/serve.sh                      # UI on http://127.0.0.1:5000
+#   MLFLOW_PORT=5050 mlflow/serve.sh     # another port
+#   MLFLOW_HOST=0.0.0.0 mlflow/serve.sh  # every interface: only on a trusted network
+#
+# Jobs log over HTTP when MLFLOW_TRACKING_URI=http://<host>:<port> is exported before the sweep.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+host="${MLFLOW_HOST:-127.0.0.1}"
+port="${MLFLOW_PORT:-5000}"
+store="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$here/mlflow.db}"
+artifacts="${MLFLOW_ARTIFACTS_DESTINATION:-$here/artifacts}"
+python="${PYTHON:-$(command -v python || command -v python3)}"
+mkdir -p "$artifacts"
+exec "$python" -m mlflow server \
+    --backend-store-uri "$store" \
+    --artifacts-destination "$artifacts" \
+    --serve-artifacts \
+    --host "$host" --port "$port" \
+    "$@"

@@ -1,0 +1,58 @@
+"""The in-memory form every dataset takes: whole splits as uint8 tensors.
+
+Images at 28-224 px are tiny, so the input pipeline, not the network, is what costs. Keeping a
+split as one ``uint8`` tensor lets it move to the training device once; batches are then plain
+indexing, and augmentation runs on whole batches there (see :mod:`ssl_hpc.data.augment`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """``images``: uint8 ``[N, C, H, W]``; ``labels``: int64 ``[N]``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels must have shape [{self.images.shape[0]}], got {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, indices: torch.Tensor) -> ImageSplit:
+        return ImageSplit(self.images[indices], self.labels[indices])
+
+    def to(self, device: torch.device | str) -> ImageSplit:
+        return ImageSplit(self.images.to(device), self.labels.to(device))
+
+
+@dataclass(frozen=True)
+class LabeledDataset:
+    """A dataset's three splits and what the rest of the pipeline needs to know about it."""
+
+    name: str
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train.images.shape[-1]

@@ -1,0 +1,1 @@
+"""Metrics, predictions, fusion ensembles, tables and plots."""

@@ -1,0 +1,61 @@
+"""Figures logged with every run. Rendering only: no metric is computed here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> Path:
+    size = max(4.0, 0.6 * len(class_names) + 2.5)
+    figure, axes = plt.subplots(figsize=(size, size))
+    row_sums = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, np.maximum(row_sums, 1))
+    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(matrix):
+        colour = "white" if shares[row, column] > 0.5 else "black"
+        axes.text(column, row, f"{count}\n{100 * shares[row, column]:.1f}%", ha="center", va="center",
+                  color=colour, fontsize=8)
+    ticks = np.arange(len(class_names))
+    axes.set_xticks(ticks, labels=class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, labels=class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title or "confusion matrix (test)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = "", best_epoch: int | None = None) -> Path:
+    epochs = [int(entry["epoch"]) for entry in history]
+    losses = [name for name in ("train_loss", "val_loss") if any(name in entry for entry in history)]
+    scores = [name for name in ("val_acc", "val_balanced_acc") if any(name in entry for entry in history)]
+    panels = 2 if scores else 1
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
+    for name in losses:
+        axes[0, 0].plot(epochs, [entry.get(name, np.nan) for entry in history], marker="o", label=name)
+    axes[0, 0].set_xlabel("epoch")
+    axes[0, 0].set_ylabel("loss")
+    axes[0, 0].legend()
+    if scores:
+        for name in scores:
+            axes[0, 1].plot(epochs, [entry.get(name, np.nan) for entry in history], marker="o", label=name)
+        axes[0, 1].set_xlabel("epoch")
+        axes[0, 1].set_ylabel("validation score")
+        axes[0, 1].legend()
+    if best_epoch is not None:
+        for axis in axes[0]:
+            axis.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

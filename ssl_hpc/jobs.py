@@ -1,0 +1,153 @@
+"""Grid expansion: a sweep becomes pretraining jobs and the fine-tuning jobs that depend on them.
+
+Each job carries a fully resolved :class:`RunConfig`; its key is a short hash of that config, so
+the same experiment always has the same key (re-running skips or resumes it) and any change that
+could change a result gives a new key. Settings that cannot influence a run (the head of a k-NN
+probe, the beta of a rule not in use...) are reset to their defaults before hashing, so changing
+them does not retrain anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+
+from ssl_hpc.config import FinetuneSettings, ModelSettings, PretrainSettings, RunConfig, SweepConfig
+from ssl_hpc.models.methods import METHODS
+
+KEY_LENGTH = 12
+
+
+def run_key(config: RunConfig) -> str:
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    config: RunConfig
+    depends_on: tuple[str, ...] = ()
+
+    @property
+    def stage(self) -> str:
+        return self.config.stage
+
+    def tags(self, sweep_name: str) -> dict[str, str]:
+        """The MLflow tags every run carries (DESIGN.md)."""
+        config = self.config
+
+        def text(value: object) -> str:
+            return "none" if value is None else str(value)
+
+        tags = {
+            "sweep": sweep_name,
+            "key": self.key,
+            "stage": config.stage,
+            "method": config.method,
+            "backbone": config.backbone,
+            "dataset": config.dataset,
+            "size": str(config.size),
+            "label_fraction": config.label_budget,
+            "class_weight": text(config.class_weight),
+            "finetune": text(config.finetune),
+            "seed": str(config.seed),
+        }
+        if config.pretrain_key:
+            tags["pretrain_key"] = config.pretrain_key
+        return tags
+
+    def describe(self) -> str:
+        config = self.config
+        parts = [config.stage, config.method, config.backbone, f"{config.dataset}@{config.size}", f"seed={config.seed}"]
+        if config.stage == "finetune":
+            parts += [f"labels={config.label_budget}", f"cw={config.class_weight}", f"ft={config.finetune}"]
+        return " ".join(parts)
+
+
+def _layer(section: object) -> dict:
+    """The values a sweep section set explicitly (defaults excluded), so method defaults can show."""
+    return section.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
+
+
+def _relevant(settings: FinetuneSettings, mode: str, class_weight: str) -> FinetuneSettings:
+    defaults = FinetuneSettings()
+    reset: dict[str, object] = {}
+    if class_weight != "effective_number":
+        reset["effective_number_beta"] = defaults.effective_number_beta
+    if mode != "partial":
+        reset["trainable_last"] = defaults.trainable_last
+    if mode == "knn":
+        keep = {"knn_k", "batch_size"}
+        reset.update({name: getattr(defaults, name) for name in FinetuneSettings.model_fields if name not in keep})
+    else:
+        reset["knn_k"] = defaults.knn_k
+    return settings.model_copy(update=reset)
+
+
+def expand_jobs(sweep: SweepConfig) -> list[Job]:
+    """All jobs of the sweep, pretraining jobs first, each pretraining job listed once."""
+    grid = sweep.grid
+    pretrain_jobs: dict[str, Job] = {}
+    finetune_jobs: dict[str, Job] = {}
+    for seed, dataset, size, backbone, method in itertools.product(
+        sweep.seeds, grid.dataset, grid.size, grid.backbone, grid.method
+    ):
+        spec = METHODS[method]
+        overrides = sweep.methods.get(method)
+        model = ModelSettings(**{**_layer(sweep.model), **(overrides.model if overrides else {})})
+        common = dict(method=method, dataset=dataset, size=size, backbone=backbone, seed=seed, model=model, data=sweep.data)
+        pretrain_key = None
+        if spec.needs_pretraining:
+            pretrain_settings = PretrainSettings(
+                **{**spec.pretrain_defaults, **_layer(sweep.pretrain), **(overrides.pretrain if overrides else {})}
+            )
+            pretrain_config = RunConfig(stage="pretrain", pretrain_settings=pretrain_settings, **common)
+            pretrain_key = run_key(pretrain_config)
+            pretrain_jobs.setdefault(pretrain_key, Job(pretrain_key, pretrain_config))
+        finetune_base = FinetuneSettings(
+            **{**spec.finetune_defaults, **_layer(sweep.finetune), **(overrides.finetune if overrides else {})}
+        )
+        modes = [spec.fixed_finetune] if spec.fixed_finetune else grid.finetune
+        for fraction, per_class, class_weight, mode in itertools.product(
+            grid.label_fraction, grid.labels_per_class, grid.class_weight, modes
+        ):
+            config = RunConfig(
+                stage="finetune",
+                finetune=mode,
+                label_fraction=fraction,
+                labels_per_class=per_class,
+                class_weight=class_weight,
+                finetune_settings=_relevant(finetune_base, mode, class_weight),
+                pretrain_key=pretrain_key,
+                **common,
+            )
+            key = run_key(config)
+            depends = (pretrain_key,) if pretrain_key else ()
+            finetune_jobs.setdefault(key, Job(key, config, depends))
+    return [*pretrain_jobs.values(), *finetune_jobs.values()]
+
+
+def order_jobs(jobs: list[Job]) -> list[Job]:
+    """Jobs with every dependency before its dependents (stable otherwise)."""
+    by_key = {job.key: job for job in jobs}
+    ordered: list[Job] = []
+    placed: set[str] = set()
+
+    def place(job: Job, trail: tuple[str, ...]) -> None:
+        if job.key in placed:
+            return
+        if job.key in trail:
+            raise ValueError(f"dependency cycle through {job.key}")
+        for dependency in job.depends_on:
+            if dependency not in by_key:
+                raise ValueError(f"job {job.key} depends on {dependency}, which is not in the sweep")
+            place(by_key[dependency], (*trail, job.key))
+        placed.add(job.key)
+        ordered.append(job)
+
+    for job in jobs:
+        place(job, ())
+    return ordered

@@ -1,0 +1,1 @@
+"""Backends that execute a sweep's jobs: local (this machine), slurm (submitit), ray."""

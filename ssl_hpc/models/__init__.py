@@ -1,0 +1,1 @@
+"""Backbones (one registry), classification heads and the pretext methods that train them."""

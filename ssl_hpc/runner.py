@@ -1,0 +1,249 @@
+"""Runs one job end to end: its MLflow run, its data, its training, its evaluation, its artifacts.
+
+Every backend (local, Slurm, Ray) calls :func:`run_job` with the same job and context, so a run
+behaves the same wherever it executes. The MLflow run is found again by the job's key: a FINISHED
+one is skipped, an unfinished one is resumed from its last checkpoint into the same run, and an
+epoch's metrics are logged only after its checkpoint is on disk (and re-logged on resume if the
+process died in between), so every epoch is in the history exactly once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssl_hpc.config import RunConfig, RuntimeSettings
+from ssl_hpc.data.loading import DatasetCache
+from ssl_hpc.jobs import Job
+from ssl_hpc.tracking import FAILED, FINISHED, KILLED, GitState, SweepTracker, flatten
+from ssl_hpc.train.checkpoint import save_atomic
+from ssl_hpc.train.loop import LAST, Precision
+
+log = logging.getLogger(__name__)
+
+LOCK = "lock"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every job of a sweep shares, resolved once where the sweep is launched."""
+
+    sweep_name: str
+    tracking_uri: str
+    output_root: Path
+    data_root: Path
+    runtime: RuntimeSettings = RuntimeSettings()
+    git: GitState | None = None
+    progress: bool = False
+    extra_tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunHandle:
+    """An open MLflow run and the folder where the job keeps its checkpoints."""
+
+    job: Job
+    tracker: SweepTracker
+    run_id: str
+    workdir: Path
+    precision: Precision
+    context: RunContext
+
+    def log_history(self, history: list[dict[str, float]]) -> None:
+        """On resume: logs every epoch of ``history`` that MLflow does not have yet (after a crash, some)."""
+        if history:
+            self.tracker.set_tags(self.run_id, {"resumed_after_epoch": str(int(history[-1]["epoch"]))})
+        logged = set(self.tracker.logged_steps(self.run_id, "train_loss"))
+        for entry in history:
+            epoch = int(entry["epoch"])
+            if epoch not in logged:
+                self.log_epoch(epoch, entry)
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        values = {name: value for name, value in metrics.items() if name != "epoch"}
+        self.tracker.log_metrics(self.run_id, values, step=epoch)
+
+    def artifact_dir(self) -> Path:
+        path = self.workdir / "artifacts"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
+        for path in paths:
+            self.tracker.log_artifact(self.run_id, path, artifact_path)
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("runtime.device is 'cuda' but no CUDA device is visible")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+class RunLock:
+    """An exclusive lock on a run's folder, released by the kernel if the process dies."""
+
+    def __init__(self, workdir: Path):
+        self.path = workdir / LOCK
+        self._file = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            self._file = None
+            return False
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+        self._file.flush()
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    @staticmethod
+    def held(workdir: Path) -> bool:
+        """Whether a live process holds the lock on ``workdir``."""
+        path = workdir / LOCK
+        if not path.is_file():
+            return False
+        with open(path) as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(file, fcntl.LOCK_UN)
+        return False
+
+
+def run_name(job: Job) -> str:
+    config = job.config
+    if config.stage == "pretrain":
+        return f"{config.method}-pretrain-{config.backbone}-{config.dataset}-{job.key}"
+    return f"{config.method}-{config.finetune}-{config.label_budget}-{config.class_weight}-{config.dataset}-{job.key}"
+
+
+def _open_run(tracker: SweepTracker, job: Job, context: RunContext, workdir: Path) -> str:
+    """The MLflow run for the job: the unfinished one to resume, or a new one."""
+    existing = tracker.run_for_key(job.key)
+    tags = {**job.tags(context.sweep_name), **context.extra_tags}
+    if context.git is not None:
+        tags["mlflow.source.git.commit"] = context.git.commit
+        tags["git_dirty"] = str(context.git.dirty).lower()
+    if existing is not None and (workdir / LAST).is_file():
+        run_id = existing.info.run_id
+        tracker.reopen(run_id)
+        attempts = int(existing.data.tags.get("attempts", "1")) + 1
+        tracker.set_tags(run_id, {**tags, "attempts": str(attempts)})
+        log.info("%s: resuming MLflow run %s (attempt %d)", job.key, run_id, attempts)
+        return run_id
+    if existing is not None:
+        # Its checkpoint is gone: training restarts from epoch 0, so the old history cannot continue.
+        tracker.set_tags(existing.info.run_id, {"superseded": "true", "superseded_reason": "checkpoint missing"})
+        tracker.finish(existing.info.run_id, KILLED)
+    params = flatten(job.config.model_dump(mode="json"))
+    run_id = tracker.create_run(run_name(job), {**tags, "attempts": "1"}, params)
+    if context.git is not None and context.git.dirty:
+        with tempfile.TemporaryDirectory() as folder:
+            diff = Path(folder) / "git_diff.patch"
+            diff.write_text(context.git.diff)
+            tracker.log_artifact(run_id, diff)
+    with tempfile.TemporaryDirectory() as folder:
+        resolved = Path(folder) / "config.json"
+        resolved.write_text(json.dumps({"key": job.key, **job.config.model_dump(mode="json")}, indent=2))
+        tracker.log_artifact(run_id, resolved)
+    return run_id
+
+
+StageRunner = Callable[[RunHandle, DatasetCache], None]
+
+
+def _stage_runner(config: RunConfig) -> StageRunner:
+    if config.stage == "finetune":
+        from ssl_hpc.train.finetune_run import run_finetune
+
+        return run_finetune
+    from ssl_hpc.train.pretrain_run import run_pretrain
+
+    return run_pretrain
+
+
+def run_job(job: Job, context: RunContext, cache: DatasetCache | None = None) -> str:
+    """Runs (or skips, or resumes) one job; returns ``finished``, ``skipped`` or ``busy``.
+
+    Raises whatever the job raised, after marking its MLflow run FAILED (or KILLED when
+    interrupted) with the tail of the traceback as a tag.
+    """
+    tracker = SweepTracker(context.tracking_uri, context.sweep_name)
+    existing = tracker.run_for_key(job.key)
+    if existing is not None and existing.info.status == FINISHED:
+        return "skipped"
+    workdir = context.output_root / job.key
+    lock = RunLock(workdir)
+    if not lock.acquire():
+        log.warning("%s: another process is running this job (lock %s); skipping", job.key, lock.path)
+        return "busy"
+    try:
+        run_id = _open_run(tracker, job, context, workdir)
+        if context.runtime.num_threads:
+            torch.set_num_threads(context.runtime.num_threads)
+        device = resolve_device(context.runtime.device)
+        precision = Precision(device, context.runtime.bf16, context.runtime.channels_last)
+        handle = RunHandle(job, tracker, run_id, workdir, precision, context)
+        seed_everything(job.config.seed)
+        try:
+            _stage_runner(job.config)(handle, cache or DatasetCache(context.data_root))
+        except BaseException as error:
+            interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+            tail = "".join(traceback.format_exception(error))[-4000:]
+            tracker.set_tags(run_id, {"error": tail, "error_type": type(error).__name__})
+            tracker.finish(run_id, KILLED if interrupted else FAILED)
+            raise
+        tracker.finish(run_id, FINISHED)
+        if not context.runtime.keep_checkpoints:
+            _remove_checkpoints(workdir)
+        return "finished"
+    finally:
+        lock.release()
+
+
+def _remove_checkpoints(workdir: Path) -> None:
+    """Once the run is FINISHED its model is in MLflow; the resume state is no longer needed."""
+    for name in (LAST, "best.pt"):
+        (workdir / name).unlink(missing_ok=True)
+    shutil.rmtree(workdir / "artifacts", ignore_errors=True)
+
+
+def write_json(path: Path, payload: object) -> Path:
+    path.write_text(json.dumps(payload, indent=2, default=float))
+    return path
+
+
+def save_model(state: Mapping[str, torch.Tensor], path: Path) -> Path:
+    return save_atomic({name: tensor.detach().cpu() for name, tensor in state.items()}, path)

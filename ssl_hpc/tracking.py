@@ -1,0 +1,188 @@
+"""The MLflow conventions of DESIGN.md, in one place.
+
+Experiment = sweep name. One MLflow run per run key, found again by its ``key`` tag: that is what
+makes re-running a sweep skip finished runs and resume unfinished ones into the same run. Every
+call goes through an explicit :class:`MlflowClient` and run id (no active-run global), so several
+runs can be tracked from one process and from many processes at once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+
+STORE_DIR = "mlflow"
+FINISHED, RUNNING, FAILED, KILLED = "FINISHED", "RUNNING", "FAILED", "KILLED"
+_MAX_BATCH = 100
+
+
+def resolve_tracking_uri(project_root: Path, environ: Mapping[str, str] = os.environ) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the SQLite store under ``<project>/mlflow/``."""
+    configured = environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    return f"sqlite:///{(Path(project_root) / STORE_DIR / 'mlflow.db').resolve()}"
+
+
+def local_database(tracking_uri: str) -> Path | None:
+    """The database file behind a ``sqlite:///`` URI, else ``None``."""
+    prefix = "sqlite:///"
+    return Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts of a SQLite store live beside its database, not in the current directory."""
+    database = local_database(tracking_uri)
+    if database is None:
+        return None
+    return (database.parent / "artifacts" / experiment).resolve().as_uri()
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"finetune_settings.lr": "0.05", ...}`` for MLflow params."""
+    flat: dict[str, str] = {}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{key}."))
+        else:
+            flat[key] = "none" if value is None else str(value)
+    return flat
+
+
+@dataclass(frozen=True)
+class GitState:
+    commit: str
+    dirty: bool
+    diff: str
+
+
+def git_state(project_root: Path) -> GitState | None:
+    """The code a run used; ``None`` outside a git work tree."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(project_root), *args], check=True, capture_output=True,
+                              text=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        diff = git("diff", "HEAD")
+        untracked = git("ls-files", "--others", "--exclude-standard").strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return GitState(commit=commit, dirty=bool(diff or untracked), diff=diff)
+
+
+def pick_run(runs: Iterable[Run]) -> Run | None:
+    """The run that stands for a key: a FINISHED one if any, else the most recent."""
+    ordered = sorted(runs, key=lambda run: (run.info.status == FINISHED, run.info.start_time or 0), reverse=True)
+    return ordered[0] if ordered else None
+
+
+class SweepTracker:
+    """One sweep's experiment in one tracking store."""
+
+    def __init__(self, tracking_uri: str, experiment: str):
+        database = local_database(tracking_uri)
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = self._get_or_create_experiment()
+
+    @classmethod
+    def existing(cls, tracking_uri: str, experiment: str) -> SweepTracker | None:
+        """The tracker if the store and experiment exist; never creates either."""
+        database = local_database(tracking_uri)
+        if database is not None and not database.is_file():
+            return None
+        client = MlflowClient(tracking_uri=tracking_uri)
+        if client.get_experiment_by_name(experiment) is None:
+            return None
+        return cls(tracking_uri, experiment)
+
+    def _get_or_create_experiment(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(
+                self.experiment, artifact_location=artifact_location(self.tracking_uri, self.experiment)
+            )
+        except MlflowException:  # another process created it first
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    # ------------------------------------------------------------------ finding runs
+
+    def search(self, filter_string: str = "") -> list[Run]:
+        runs: list[Run] = []
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000,
+                                           page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def runs_by_key(self, stage: str | None = None) -> dict[str, Run]:
+        """One batched query: key -> the run standing for it."""
+        query = f"tags.stage = '{stage}'" if stage else ""
+        grouped: dict[str, list[Run]] = {}
+        for run in self.search(query):
+            key = run.data.tags.get("key")
+            if key:
+                grouped.setdefault(key, []).append(run)
+        return {key: pick_run(runs) for key, runs in grouped.items()}  # type: ignore[misc]
+
+    def run_for_key(self, key: str) -> Run | None:
+        return pick_run(self.search(f"tags.key = '{key}'"))
+
+    # ------------------------------------------------------------------ writing
+
+    def create_run(self, run_name: str, tags: Mapping[str, str], params: Mapping[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        items = [Param(name, value[:6000]) for name, value in params.items()]
+        for start in range(0, len(items), _MAX_BATCH):
+            self.client.log_batch(run.info.run_id, params=items[start : start + _MAX_BATCH])
+        return run.info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status=RUNNING)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(name, str(value)) for name, value in tags.items()])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(name, float(value), now, step) for name, value in metrics.items()]
+        for start in range(0, len(items), _MAX_BATCH):
+            self.client.log_batch(run_id, metrics=items[start : start + _MAX_BATCH])
+
+    def logged_steps(self, run_id: str, metric: str) -> list[int]:
+        return [entry.step for entry in self.client.get_metric_history(run_id, metric)]
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def download_artifact(self, run_id: str, path: str, destination: Path) -> Path:
+        destination.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(destination)))
+
+    def finish(self, run_id: str, status: str = FINISHED) -> None:
+        self.client.set_terminated(run_id, status=status)

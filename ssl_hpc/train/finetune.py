@@ -1,0 +1,101 @@
+"""Supervised training with labels: the reference model and the fine-tuning modes.
+
+``frozen`` trains only the head; the backbone is kept in eval mode, so not one weight and not one
+BatchNorm statistic of it moves. ``partial`` opens the last N stages; ``end_to_end`` trains all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_hpc.data.augment import to_unit_float
+from ssl_hpc.data.splits import ImageSplit
+from ssl_hpc.evaluate.metrics import classification_metrics
+from ssl_hpc.evaluate.predict import predict_logits, softmax_numpy
+from ssl_hpc.models.classifier import Classifier
+
+TRAINED_MODES = ("frozen", "partial", "end_to_end")
+
+
+def configure_trainable(model: Classifier, mode: str, trainable_last: int = 1) -> list[str]:
+    """Sets ``requires_grad`` for ``mode``; returns the names of the backbone stages left trainable."""
+    if mode not in TRAINED_MODES:
+        raise ValueError(f"unknown fine-tune mode {mode!r}; accepted: {', '.join(TRAINED_MODES)}")
+    model.requires_grad_(True)
+    if mode == "end_to_end":
+        return ["*"]
+    model.backbone.requires_grad_(False)
+    if mode == "frozen":
+        return []
+    stages = list(model.backbone.info.stages)
+    if not 1 <= trainable_last <= len(stages):
+        raise ValueError(f"trainable_last={trainable_last} but the backbone has {len(stages)} stages: {stages}")
+    opened = stages[-trainable_last:]
+    for name in opened:
+        model.backbone.body.get_submodule(name).requires_grad_(True)
+    return opened
+
+
+def set_train_mode(model: Classifier, opened_stages: list[str]) -> None:
+    """Training mode only where weights train: frozen parts keep their BatchNorm statistics."""
+    model.train()
+    if opened_stages == ["*"]:
+        return
+    model.backbone.eval()
+    for name in opened_stages:
+        model.backbone.body.get_submodule(name).train()
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class ClassificationTask:
+    """Cross-entropy on labelled batches, validated on the validation split each epoch."""
+
+    def __init__(
+        self,
+        model: Classifier,
+        opened_stages: list[str],
+        val: ImageSplit,
+        class_weights: torch.Tensor | None = None,
+        augment: nn.Module | None = None,
+        eval_batch_size: int = 512,
+    ):
+        self.module = model
+        self.opened_stages = opened_stages
+        self.val = val
+        self.class_weights = class_weights
+        self.augment = augment
+        self.eval_batch_size = eval_batch_size
+
+    def param_groups(self) -> list[nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def set_train_mode(self) -> None:
+        set_train_mode(self.module, self.opened_stages)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        batch = to_unit_float(images)
+        if self.augment is not None:
+            batch = self.augment(batch)
+        logits = self.module(batch)
+        return F.cross_entropy(logits.float(), labels, weight=self.class_weights)
+
+    def after_step(self, progress: float) -> None:
+        pass
+
+    def validate(self) -> dict[str, float]:
+        logits = predict_logits(self.module, self.val.images, self.eval_batch_size)
+        labels = self.val.labels
+        metrics = classification_metrics(labels.cpu().numpy(), softmax_numpy(logits), prefix="val_")
+        keep = {name: metrics[name] for name in ("val_acc", "val_balanced_acc", "val_auc")}
+        keep["val_loss"] = float(F.cross_entropy(logits, labels))
+        return keep
+
+
+def class_weight_tensor(weights: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    return None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)

@@ -1,0 +1,212 @@
+"""The one training loop. Every stage and method plugs in as a :class:`TrainTask`.
+
+The loop owns what must be the same for everyone: batching over in-memory tensors, mixed
+precision, the learning-rate schedule, best-epoch selection, early stopping and the checkpoint
+written after every epoch. A resumed run continues from the epoch after its last checkpoint with
+the same batch order and random state it would have had, and its history is carried in the
+checkpoint so the caller can re-log anything a crash prevented it from logging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ssl_hpc.config import StageSettings
+from ssl_hpc.data.splits import ImageSplit
+from ssl_hpc.train.checkpoint import load_checkpoint, save_atomic
+from ssl_hpc.train.optim import build_optimizer, lr_at_epoch, set_lr
+
+log = logging.getLogger(__name__)
+
+LAST = "last.pt"
+BEST = "best.pt"
+LOWER_IS_BETTER = {"val_loss", "train_loss"}
+
+
+class TrainTask(Protocol):
+    """What a method supplies to the loop."""
+
+    module: nn.Module  # everything checkpointed
+
+    def param_groups(self) -> Iterable[nn.Parameter] | list[dict]:
+        """The parameters to optimise (frozen parts excluded)."""
+
+    def set_train_mode(self) -> None:
+        """Puts submodules in their training modes (a frozen backbone stays in eval mode)."""
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of one batch of uint8 images already on the device."""
+
+    def after_step(self, progress: float) -> None:
+        """Called after every optimiser step; ``progress`` runs from 0 to 1 over the run."""
+
+    def validate(self) -> dict[str, float]:
+        """Metrics at the end of an epoch (``val_loss``, ``val_acc``...); may be empty."""
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int | None
+    workdir: Path
+    resumed_after_epoch: int | None = None
+    stopped_early: bool = False
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Where and how tensors compute: bf16 autocast and channels_last only pay off on a GPU."""
+
+    device: torch.device
+    bf16: bool = True
+    channels_last: bool = True
+
+    @property
+    def autocast(self) -> contextlib.AbstractContextManager:
+        enabled = self.bf16 and self.device.type == "cuda"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        module = module.to(self.device)
+        if self.channels_last and self.device.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
+
+def batch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
+    """The example order of one epoch, a pure function of (seed, epoch) so a resume replays it."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator)
+
+
+def batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Splits an order into batches; a last batch of one example is dropped (BatchNorm needs two)."""
+    chunks = list(order.split(batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) < 2:
+        chunks.pop()
+    return chunks
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if metric in LOWER_IS_BETTER else value > best
+
+
+def fit(
+    task: TrainTask,
+    data: ImageSplit,
+    settings: StageSettings,
+    *,
+    seed: int,
+    workdir: Path,
+    precision: Precision,
+    select_by: str = "last",
+    patience: int | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    on_resume: Callable[[list[dict[str, float]]], None] | None = None,
+    progress: bool = False,
+    description: str = "",
+) -> FitResult:
+    """Trains ``task`` on ``data`` (already on the device) for ``settings.epochs`` epochs."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    optimizer = build_optimizer(settings, task.param_groups())
+    history: list[dict[str, float]] = []
+    best_epoch: int | None = None
+    start_epoch = 0
+    resumed_after = None
+    if (workdir / LAST).is_file():
+        checkpoint = load_checkpoint(workdir / LAST, map_location=precision.device)
+        task.module.load_state_dict(checkpoint["state"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        history = list(checkpoint["history"])
+        best_epoch = checkpoint["best_epoch"]
+        torch.set_rng_state(checkpoint["rng"].cpu())
+        resumed_after = checkpoint["epoch"]
+        start_epoch = resumed_after + 1
+        log.info("%s: resuming after epoch %d from %s", description, resumed_after, workdir / LAST)
+        if on_resume is not None:
+            on_resume(history)
+
+    steps_per_epoch = len(batches(torch.arange(len(data)), settings.batch_size))
+    total_steps = max(1, steps_per_epoch * settings.epochs)
+    stopped_early = False
+    epochs = range(start_epoch, settings.epochs)
+    for epoch in tqdm(epochs, desc=description, disable=not progress, leave=False, unit="epoch"):
+        if _patience_exhausted(history, best_epoch, patience):
+            stopped_early = True
+            break
+        started = time.perf_counter()
+        lr = lr_at_epoch(settings, epoch)
+        set_lr(optimizer, lr)
+        task.set_train_mode()
+        loss_sum = torch.zeros((), device=precision.device)
+        seen = 0
+        for step, indices in enumerate(batches(batch_order(len(data), seed, epoch), settings.batch_size)):
+            indices = indices.to(data.images.device)
+            with precision.autocast:
+                loss = task.loss(data.images[indices], data.labels[indices])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            task.after_step((epoch * steps_per_epoch + step + 1) / total_steps)
+            loss_sum += loss.detach().float() * len(indices)
+            seen += len(indices)
+        metrics = {"train_loss": (loss_sum / max(seen, 1)).item(), "lr": lr}
+        with torch.no_grad(), precision.autocast:
+            metrics.update(task.validate())
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        metrics["epoch"] = float(epoch)
+        history.append(metrics)
+        if select_by != "last" and is_better(select_by, metrics[select_by], _best_value(history, best_epoch, select_by)):
+            best_epoch = epoch
+            save_atomic(task.module.state_dict(), workdir / BEST)
+        elif select_by == "last":
+            best_epoch = epoch
+        save_atomic(
+            {
+                "epoch": epoch,
+                "state": task.module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "history": history,
+                "best_epoch": best_epoch,
+                "rng": torch.get_rng_state(),
+            },
+            workdir / LAST,
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+
+    if _patience_exhausted(history, best_epoch, patience) and len(history) < settings.epochs:
+        stopped_early = True
+    best_state = None
+    if select_by != "last" and best_epoch is not None and (workdir / BEST).is_file():
+        best_state = load_checkpoint(workdir / BEST, map_location=precision.device)
+    return FitResult(history, best_epoch, workdir, resumed_after, stopped_early, best_state)
+
+
+def _best_value(history: list[dict[str, float]], best_epoch: int | None, metric: str) -> float | None:
+    if best_epoch is None:
+        return None
+    for entry in history:
+        if int(entry["epoch"]) == best_epoch:
+            return entry[metric]
+    return None
+
+
+def _patience_exhausted(history: list[dict[str, float]], best_epoch: int | None, patience: int | None) -> bool:
+    if patience is None or not history or best_epoch is None:
+        return False
+    return int(history[-1]["epoch"]) - best_epoch >= patience

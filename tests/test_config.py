@@ -1,0 +1,184 @@
+"""Sweep validation, grid expansion, overrides and run keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ssl_hpc.config import ConfigError, apply_overrides, load_sweep, validate_sweep
+from ssl_hpc.jobs import expand_jobs, order_jobs, run_key
+
+SMOKE = Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml"
+
+
+def base(**changes) -> dict:
+    raw = {
+        "name": "t",
+        "grid": {"dataset": ["pneumoniamnist"], "method": ["supervised"], "label_fraction": [1.0, 0.25],
+                 "class_weight": ["none", "inverse_count_complement"]},
+        "finetune": {"epochs": 3},
+    }
+    for dotted, value in changes.items():
+        raw = apply_overrides(raw, [f"{dotted.replace('__', '.')}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
+    return raw
+
+
+def keys(raw: dict) -> list[str]:
+    return [job.key for job in expand_jobs(validate_sweep(raw))]
+
+
+def test_smoke_sweep_expands_to_four_supervised_runs():
+    jobs = expand_jobs(load_sweep(SMOKE))
+    assert len(jobs) == 4
+    assert {job.stage for job in jobs} == {"finetune"}
+    budgets = sorted((job.config.label_fraction, job.config.class_weight) for job in jobs)
+    assert budgets == [(0.25, "inverse_count_complement"), (0.25, "none"), (1.0, "inverse_count_complement"),
+                       (1.0, "none")]
+
+
+def test_supervised_collapses_the_finetune_axis():
+    raw = base(grid__finetune=["frozen", "end_to_end", "knn"])
+    jobs = expand_jobs(validate_sweep(raw))
+    assert len(jobs) == 4
+    assert {job.config.finetune for job in jobs} == {"end_to_end"}
+
+
+def test_product_over_seeds_and_axes():
+    raw = base(seeds=[1, 2, 3], grid__backbone=["resnet18", "resnet34"])
+    assert len(keys(raw)) == 3 * 2 * 2 * 2
+
+
+def test_same_config_same_key_and_keys_are_short_and_distinct():
+    first, second = keys(base()), keys(base())
+    assert first == second
+    assert len(set(first)) == len(first)
+    assert all(len(key) == 12 for key in first)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"finetune__lr": 0.01},
+        {"finetune__epochs": 4},
+        {"finetune__optimizer": "adamw"},
+        {"finetune__schedule": "cosine"},
+        {"finetune__batch_size": 64},
+        {"finetune__augment": "flip"},
+        {"model__stem": "small"},
+        {"seeds": [1]},
+        {"grid__backbone": ["resnet34"]},
+        {"grid__size": [64]},
+        {"data__to_rgb": True},
+    ],
+)
+def test_any_change_gives_new_keys(change):
+    assert not set(keys(base())) & set(keys(base(**change)))
+
+
+def test_settings_that_cannot_matter_keep_the_key():
+    # k of a k-NN probe, trainable_last of partial, beta of a rule not in use, how the run executes.
+    for change in ({"finetune__knn_k": 5}, {"finetune__trainable_last": 2}, {"finetune__effective_number_beta": 0.9},
+                   {"runtime__device": "cpu"}, {"runtime__bf16": False}, {"backend": "slurm"},
+                   {"data_root": "/elsewhere"}, {"output_dir": "/tmp/x"}):
+        assert keys(base(**change)) == keys(base()), change
+
+
+def test_effective_number_beta_matters_where_used():
+    raw = base(grid__class_weight=["effective_number"])
+    assert keys(raw) != keys(apply_overrides(raw, ["finetune.effective_number_beta=0.9"]))
+
+
+def test_key_is_a_hash_of_the_resolved_config():
+    job = expand_jobs(validate_sweep(base()))[0]
+    assert run_key(job.config) == job.key
+    assert run_key(job.config.model_copy(update={"seed": 5})) != job.key
+
+
+def test_cli_overrides_parse_values_as_yaml(tmp_path):
+    sweep = load_sweep(SMOKE, ["finetune.epochs=7", "grid.label_fraction=[0.5]", "name=other", "finetune.lr=1e-3"])
+    assert sweep.finetune.epochs == 7
+    assert sweep.grid.label_fraction == [0.5]
+    assert sweep.name == "other"
+    assert sweep.finetune.lr == pytest.approx(1e-3)
+
+
+def test_method_overrides_win_over_sweep_sections():
+    raw = base(methods={"supervised": {"finetune": {"lr": 0.2}}}, finetune={"epochs": 3, "lr": 0.1})
+    jobs = expand_jobs(validate_sweep(raw))
+    assert {job.config.finetune_settings.lr for job in jobs} == {0.2}
+
+
+def test_labels_per_class_budget():
+    raw = base(grid__labels_per_class=[10], grid__label_fraction=[1.0])
+    jobs = expand_jobs(validate_sweep(raw))
+    assert {job.config.label_budget for job in jobs} == {"10_per_class"}
+
+
+def test_order_puts_dependencies_first():
+    jobs = expand_jobs(validate_sweep(base()))
+    assert order_jobs(list(reversed(jobs))) == list(reversed(jobs))
+
+
+def error_for(raw: dict) -> str:
+    with pytest.raises(ConfigError) as caught:
+        validate_sweep(raw, source="bad.yaml")
+    return str(caught.value)
+
+
+def test_unknown_method_names_field_and_accepted_values():
+    message = error_for(base(grid__method=["supervised", "simclrr"]))
+    assert "grid.method" in message and "simclrr" in message and "accepted:" in message and "supervised" in message
+
+
+def test_label_fraction_out_of_range():
+    message = error_for(base(grid__label_fraction=[1.5]))
+    assert "grid.label_fraction" in message and "(0, 1]" in message
+
+
+def test_unknown_dataset_lists_the_accepted_ones():
+    message = error_for(base(grid__dataset=["pneumonia"]))
+    assert "grid.dataset[0]" in message and "pneumoniamnist" in message and "bloodmnist" in message
+
+
+def test_multilabel_dataset_is_refused_with_reason():
+    assert "multi-label" in error_for(base(grid__dataset=["chestmnist"]))
+
+
+def test_unknown_field_lists_accepted_fields():
+    message = error_for(base(finetune={"epochs": 3, "learning_rate": 0.1}))
+    assert "finetune.learning_rate" in message and "accepted:" in message and "lr" in message
+
+
+def test_wrong_type_names_the_field():
+    message = error_for(base(finetune={"epochs": "many"}))
+    assert "finetune.epochs" in message
+
+
+def test_literal_lists_choices():
+    message = error_for(base(finetune={"optimizer": "rmsprop"}))
+    assert "finetune.optimizer" in message and "'sgd'" in message and "'adamw'" in message
+
+
+def test_missing_grid():
+    assert "grid" in error_for({"name": "x"})
+
+
+def test_malformed_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ngrid: [dataset: {\n")
+    with pytest.raises(ConfigError, match=r"malformed YAML at line \d+"):
+        load_sweep(path)
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_sweep(path)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        load_sweep(SMOKE, ["finetune.epochs"])

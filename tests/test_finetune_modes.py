@@ -1,0 +1,69 @@
+"""Fine-tuning modes train exactly what they name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssl_hpc.config import FinetuneSettings, RunConfig, DataSettings, ModelSettings
+from ssl_hpc.data.splits import ImageSplit
+from ssl_hpc.models.factory import build_classifier
+from ssl_hpc.train.finetune import ClassificationTask, configure_trainable, count_trainable
+from ssl_hpc.train.loop import Precision, fit
+
+
+def config(mode: str, trainable_last: int = 1) -> RunConfig:
+    return RunConfig(stage="finetune", method="supervised", dataset="pneumoniamnist", size=28, backbone="resnet18",
+                     seed=0, model=ModelSettings(stem="small"), data=DataSettings(), finetune=mode,
+                     label_fraction=1.0, class_weight="none",
+                     finetune_settings=FinetuneSettings(epochs=1, batch_size=16, lr=0.1, trainable_last=trainable_last))
+
+
+def images(n: int = 48) -> ImageSplit:
+    generator = torch.Generator().manual_seed(0)
+    return ImageSplit(torch.randint(0, 256, (n, 1, 28, 28), generator=generator, dtype=torch.uint8),
+                      torch.randint(0, 2, (n,), generator=generator))
+
+
+def train(mode: str, tmp_path, trainable_last: int = 1):
+    torch.manual_seed(0)
+    run = config(mode, trainable_last)
+    model = build_classifier(run, num_classes=2, dataset_channels=1)
+    opened = configure_trainable(model, mode, trainable_last)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    task = ClassificationTask(model, opened, images(16))
+    fit(task, images(), run.finetune_settings, seed=0, workdir=tmp_path, precision=Precision(torch.device("cpu")))
+    after = model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    return model, changed
+
+
+def test_frozen_leaves_every_backbone_tensor_bit_identical(tmp_path):
+    model, changed = train("frozen", tmp_path)
+    backbone_changed = {name for name in changed if name.startswith("backbone.")}
+    assert backbone_changed == set()  # weights *and* BatchNorm running statistics
+    assert any(name.startswith("head.") for name in changed)
+    assert count_trainable(model) == sum(p.numel() for p in model.head.parameters())
+
+
+def test_end_to_end_changes_backbone_weights_and_batchnorm_statistics(tmp_path):
+    _, changed = train("end_to_end", tmp_path)
+    assert "backbone.body.conv1.weight" in changed
+    assert "backbone.body.bn1.running_mean" in changed
+    assert "backbone.body.layer1.0.conv1.weight" in changed
+
+
+@pytest.mark.parametrize("last", [1, 2])
+def test_partial_opens_only_the_last_stages(tmp_path, last):
+    _, changed = train("partial", tmp_path, trainable_last=last)
+    opened = ["layer4", "layer3"][:last]
+    backbone_changed = {name for name in changed if name.startswith("backbone.")}
+    assert backbone_changed
+    assert all(any(name.startswith(f"backbone.body.{stage}.") for stage in opened) for name in backbone_changed)
+    assert not any(name.startswith("backbone.body.layer1.") for name in changed)
+
+
+def test_partial_with_too_many_stages_is_refused():
+    model = build_classifier(config("partial"), num_classes=2, dataset_channels=1)
+    with pytest.raises(ValueError, match="4 stages"):
+        configure_trainable(model, "partial", 5)
