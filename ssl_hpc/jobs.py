@@ -30,6 +30,8 @@ class Job:
     key: str
     config: RunConfig
     depends_on: tuple[str, ...] = ()
+    # The name tables and fusions use for the trained model: the method, or a variant's name.
+    model_name: str = ""
 
     @property
     def stage(self) -> str:
@@ -47,6 +49,7 @@ class Job:
             "key": self.key,
             "stage": config.stage,
             "method": config.method,
+            "model": self.model_name or config.method,
             "backbone": config.backbone,
             "dataset": config.dataset,
             "size": str(config.size),

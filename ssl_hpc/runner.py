@@ -216,6 +216,7 @@ def run_job(job: Job, context: RunContext, cache: DatasetCache | None = None) ->
         device = resolve_device(context.runtime.device)
         precision = Precision(device, context.runtime.bf16, context.runtime.channels_last)
         handle = RunHandle(job, tracker, run_id, workdir, precision, context)
+        tracker.set_tags(run_id, {"device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device)})
         seed_everything(job.config.seed)
         try:
             _stage_runner(job.config)(handle, cache or DatasetCache(context.data_root))

@@ -7,6 +7,7 @@ indexing, and augmentation runs on whole batches there (see :mod:`ssl_hpc.data.a
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,14 @@ class ImageSplit:
 
     def to(self, device: torch.device | str) -> ImageSplit:
         return ImageSplit(self.images.to(device), self.labels.to(device))
+
+    def digest(self) -> str:
+        """A fingerprint of the examples and their order: predictions saved with it can only be
+        combined with predictions on the very same examples in the very same order."""
+        hasher = hashlib.sha256()
+        hasher.update(self.images.cpu().contiguous().numpy().tobytes())
+        hasher.update(self.labels.cpu().contiguous().numpy().tobytes())
+        return hasher.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

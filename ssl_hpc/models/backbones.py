@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import timm
 import torch
 import torchvision
 from torch import nn
@@ -23,6 +24,8 @@ class BackboneInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     family: str                      # "resnet", "vit", "cnn"
+    token_grid: tuple[int, int] | None = None  # ViTs: the patch grid, for CAM reshape transforms
+    prefix_tokens: int = 0                     # ViTs: class/register tokens before the patch tokens
 
 
 class Backbone(nn.Module):
@@ -112,3 +115,49 @@ for _name, _factory in {
     "resnet50": torchvision.models.resnet50,
 }.items():
     register_backbone(_name)(lambda request, _factory=_factory: _resnet(_factory, request))
+
+
+# --------------------------------------------------------------------------- ViTs (timm)
+
+
+def default_patch_size(image_size: int) -> int:
+    """4 px patches at 28-32 px (a 7x7 or 8x8 grid), 8 up to 64 px, 16 beyond (the standard ViTs)."""
+    if image_size <= 32:
+        return 4
+    if image_size <= 64:
+        return 8
+    return 16
+
+
+def vit_body(timm_name: str, request: BackboneRequest, **overrides) -> timm.models.VisionTransformer:
+    patch = request.patch_size or default_patch_size(request.image_size)
+    if request.image_size % patch:
+        raise ValueError(f"image size {request.image_size} is not a multiple of the ViT patch size {patch}")
+    return timm.create_model(timm_name, pretrained=False, img_size=request.image_size, patch_size=patch,
+                             in_chans=request.in_channels, num_classes=0, **overrides)
+
+
+def vit_info(body: timm.models.VisionTransformer, in_channels: int) -> BackboneInfo:
+    return BackboneInfo(
+        num_features=body.num_features,
+        stages=tuple(f"blocks.{index}" for index in range(len(body.blocks))),
+        cam_layer=f"blocks.{len(body.blocks) - 1}.norm1",
+        mean=HALF * in_channels,
+        std=HALF * in_channels,
+        family="vit",
+        token_grid=tuple(body.patch_embed.grid_size),
+        prefix_tokens=body.num_prefix_tokens,
+    )
+
+
+def _vit(timm_name: str, request: BackboneRequest) -> Backbone:
+    body = vit_body(timm_name, request)
+    return Backbone(body, vit_info(body, request.in_channels))
+
+
+for _name, _timm_name in {
+    "vit_tiny": "vit_tiny_patch16_224",
+    "vit_small": "vit_small_patch16_224",
+    "vit_base": "vit_base_patch16_224",
+}.items():
+    register_backbone(_name)(lambda request, _timm_name=_timm_name: _vit(_timm_name, request))

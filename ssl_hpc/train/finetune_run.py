@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -66,14 +69,34 @@ def run_finetune(handle: RunHandle, cache: DatasetCache) -> None:
     test_labels, val_labels = test.labels.cpu().numpy(), val.labels.cpu().numpy()
     metrics = classification_metrics(test_labels, test_probs)
     metrics["best_epoch"] = float(result.best_epoch if result.best_epoch is not None else -1)
+    metrics["train_seconds"] = sum(entry["epoch_seconds"] for entry in result.history)  # over every attempt
     handle.tracker.log_metrics(handle.run_id, metrics)
-    log_prediction_artifacts(handle, dataset.class_names, test_labels, test_probs, val_labels, val_probs, result.history,
-                             result.best_epoch, model.state_dict())
+    predictions = {
+        "test": Predictions(test_probs, test_labels, dataset.test.digest()),
+        "val": Predictions(val_probs, val_labels, dataset.val.digest()),
+    }
+    log_prediction_artifacts(handle, dataset.class_names, predictions, result.history, result.best_epoch,
+                             model.state_dict())
 
 
-def log_prediction_artifacts(handle: RunHandle, class_names, test_labels, test_probs, val_labels, val_probs,
-                             history, best_epoch, state) -> None:
+@dataclass(frozen=True)
+class Predictions:
+    """Class probabilities on one split, with the fingerprint of the examples they are for."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    split_digest: str
+
+    def save(self, path: Path) -> Path:
+        np.savez_compressed(path, probs=self.probs, labels=self.labels, indices=np.arange(len(self.labels)),
+                            split_digest=np.array(self.split_digest))
+        return path
+
+
+def log_prediction_artifacts(handle: RunHandle, class_names, predictions: dict[str, Predictions], history,
+                             best_epoch, state) -> None:
     folder = handle.artifact_dir()
+    test_labels, test_probs = predictions["test"].labels, predictions["test"].probs
     matrix = confusion(test_labels, test_probs)
     frame = pd.DataFrame(matrix, index=pd.Index(class_names, name="true"), columns=list(class_names))
     frame.to_csv(folder / "confusion_matrix.csv")
@@ -82,16 +105,11 @@ def log_prediction_artifacts(handle: RunHandle, class_names, test_labels, test_p
         folder / "confusion_matrix.csv",
         plot_confusion_matrix(matrix, class_names, folder / "confusion_matrix.png", title=title),
         plot_curves(history, folder / "curves.png", title=title, best_epoch=best_epoch),
-        _save_npz(folder / "test_probs.npz", probs=test_probs, labels=test_labels),
-        _save_npz(folder / "val_probs.npz", probs=val_probs, labels=val_labels),
+        predictions["test"].save(folder / "test_probs.npz"),
+        predictions["val"].save(folder / "val_probs.npz"),
         save_model(state, folder / "model.pt"),
     ]
     handle.log_artifacts(paths)
-
-
-def _save_npz(path, **arrays) -> object:
-    np.savez_compressed(path, **arrays)
-    return path
 
 
 def load_pretrained_backbone(handle: RunHandle) -> dict[str, torch.Tensor]:
