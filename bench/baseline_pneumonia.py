@@ -20,20 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
-
-from ssl_hpc.config import apply_overrides, validate_sweep  # noqa: E402
-from ssl_hpc.data.medmnist import default_data_root  # noqa: E402
-from ssl_hpc.jobs import expand_jobs  # noqa: E402
-from ssl_hpc.launchers.local import run_local  # noqa: E402
-from ssl_hpc.runner import RunContext  # noqa: E402
-from ssl_hpc.tracking import SweepTracker  # noqa: E402
+from _common import run_sweep_in_temporary_store
 
 PAPER = {"test_acc": 0.854, "test_auc": 0.944}
 
@@ -71,30 +59,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    sweep = validate_sweep(apply_overrides(recipe(args.epochs), args.overrides), source="bench recipe")
-    jobs = expand_jobs(sweep)
-    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as folder:
-        context = RunContext(
-            sweep_name=sweep.name,
-            tracking_uri=f"sqlite:///{folder}/mlflow.db",
-            output_root=Path(folder) / "outputs",
-            data_root=default_data_root(sweep.data_root),
-            runtime=sweep.runtime,
-            progress=sys.stderr.isatty(),
-        )
-        started = time.perf_counter()
-        outcomes = run_local(jobs, context)
-        minutes = (time.perf_counter() - started) / 60
-        if set(outcomes.values()) != {"finished"}:
-            raise SystemExit(f"the run did not finish: {outcomes}")
-        run = SweepTracker(context.tracking_uri, sweep.name).run_for_key(jobs[0].key)
-        metrics = run.data.metrics
+    jobs, metrics, minutes = run_sweep_in_temporary_store(recipe(args.epochs), args.overrides)
+    metrics = metrics[jobs[0].key]
+    settings = jobs[0].config.finetune_settings
     result = {
         "test_acc": round(metrics["test_acc"], 4),
         "test_auc": round(metrics["test_auc"], 4),
         "test_balanced_acc": round(metrics["test_balanced_acc"], 4),
         "best_epoch": int(metrics["best_epoch"]),
-        "epochs": sweep.finetune.epochs,
+        "epochs": settings.epochs,
         "minutes": round(minutes, 1),
         "paper_acc": PAPER["test_acc"],
         "paper_auc": PAPER["test_auc"],
@@ -102,7 +75,7 @@ def main() -> None:
         "auc_ratio_to_paper": round(metrics["test_auc"] / PAPER["test_auc"], 4),
         "meets_paper": bool(metrics["test_acc"] >= PAPER["test_acc"] and metrics["test_auc"] >= PAPER["test_auc"]),
     }
-    print(f"recipe: {json.dumps(sweep.finetune.model_dump(exclude_defaults=True))}, stem={sweep.model.stem}")
+    print(f"recipe: {json.dumps(settings.model_dump(exclude_defaults=True))}, stem={jobs[0].config.model.stem}")
     print(json.dumps(result))
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 
 from ssl_hpc.config import BACKENDS, ConfigError, SweepConfig, load_sweep
-from ssl_hpc.data.medmnist import DatasetMissingError, default_data_root, ensure_medmnist_file
+from ssl_hpc.data.image_folder import DatasetFolderError
+from ssl_hpc.data.loading import ensure_dataset
+from ssl_hpc.data.medmnist import DatasetMissingError, default_data_root
+from ssl_hpc.models.pretrained import PretrainedWeightsMissing, ensure_weights
 from ssl_hpc.jobs import Job, expand_jobs
 from ssl_hpc.runner import RunContext
 from ssl_hpc.tracking import SweepTracker, git_state, resolve_tracking_uri
@@ -46,6 +50,8 @@ def make_context(sweep: SweepConfig, project_root: Path, progress: bool) -> RunC
         runtime=sweep.runtime,
         git=git_state(project_root),
         progress=progress,
+        datasets=sweep.datasets,
+        cam=sweep.cam,
     )
 
 
@@ -59,9 +65,18 @@ def format_jobs(jobs: list[Job]) -> str:
 
 
 def prepare_data(sweep: SweepConfig, jobs: list[Job], data_root: Path) -> None:
-    """Makes sure every dataset file is there (downloading it here, on the login node, if allowed)."""
-    for dataset, size in sorted({(job.config.dataset, job.config.size) for job in jobs}):
-        ensure_medmnist_file(dataset, size, data_root, download=sweep.data.download)
+    """Makes sure every dataset is there before anything runs or is submitted: MedMNIST files are
+    downloaded here (on the login node) if allowed; image folders are indexed and split."""
+    needed = set()
+    for job in jobs:
+        needed.add((job.config.dataset, job.config.size))
+        if job.config.pretrain_settings is not None:
+            needed.update((name, job.config.size) for name in job.config.pretrain_settings.extra_unlabeled)
+    for dataset, size in sorted(needed):
+        ensure_dataset(dataset, size, data_root, sweep.datasets, download=sweep.data.download)
+    for backbone, weights in sorted({(job.config.backbone, job.config.model.pretrained_weights) for job in jobs
+                                     if job.config.model.pretrained_weights}):
+        ensure_weights(backbone, weights, download=sweep.data.download)
 
 
 def sweep_main(argv: list[str], project_root: Path) -> int:
@@ -80,33 +95,92 @@ def sweep_main(argv: list[str], project_root: Path) -> int:
     context = make_context(sweep, project_root, progress=not args.quiet and sys.stderr.isatty())
     if args.status:
         return print_status(backend, jobs, context)
+    refused = preflight(backend, sweep, context, project_root)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
     try:
         prepare_data(sweep, jobs, context.data_root)
-    except DatasetMissingError as error:
+    except (DatasetMissingError, DatasetFolderError, PretrainedWeightsMissing) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return launch(backend, sweep, jobs, context)
+    return launch(backend, sweep, jobs, context, project_root)
+
+
+def preflight(backend: str, sweep: SweepConfig, context: RunContext, project_root: Path) -> str | None:
+    """What must hold before any data is fetched or anything submitted: for Slurm, a valid cluster profile
+    and a tracking store the nodes can use. Returns the error, or ``None``."""
+    if backend != "slurm":
+        return None
+    from ssl_hpc.launchers.profiles import sweep_profile
+    from ssl_hpc.launchers.slurm import check_tracking
+
+    try:
+        name, profile = sweep_profile(sweep, project_root)
+        check_tracking(context.tracking_uri, profile, name)
+    except ConfigError as error:
+        return str(error)
+    if shutil.which("sbatch") is None:
+        return "--backend slurm: sbatch is not on PATH; run this on a Slurm login node (and set SLURM_CONF if needed)"
+    return None
 
 
 def print_status(backend: str, jobs: list[Job], context: RunContext) -> int:
+    """One row per job. A sweep submitted to Slurm combines MLflow with Slurm's view (one squeue, one sacct)."""
+    from ssl_hpc.launchers.slurm import load_records, slurm_statuses
     from ssl_hpc.status import format_status, local_statuses
 
     tracker = SweepTracker.existing(context.tracking_uri, context.sweep_name)
-    print(format_status(local_statuses(jobs, tracker, context.output_root)))
+    rows = slurm_statuses(jobs, tracker, context.output_root) if load_records(context.output_root) else None
+    print(format_status(rows if rows is not None else local_statuses(jobs, tracker, context.output_root)))
     return 0
 
 
-def launch(backend: str, sweep: SweepConfig, jobs: list[Job], context: RunContext) -> int:
-    if backend == "local":
+def launch(backend: str, sweep: SweepConfig, jobs: list[Job], context: RunContext,
+           project_root: Path | None = None) -> int:
+    project_root = Path(project_root) if project_root is not None else Path(__file__).resolve().parents[1]
+    if backend == "slurm":
+        from ssl_hpc.launchers.slurm import main_submit
+
+        return main_submit(sweep, jobs, context, project_root)
+    if backend == "ray":
+        from ssl_hpc.launchers.ray import run_ray
+
+        try:
+            outcomes = run_ray(jobs, context, sweep.ray, project_root)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    elif backend == "local":
         from ssl_hpc.launchers.local import run_local
 
         outcomes = run_local(jobs, context)
     else:
-        print(f"error: backend {backend!r} is not available yet; accepted: local", file=sys.stderr)
+        print(f"error: backend {backend!r} is not available; accepted: {', '.join(BACKENDS)}", file=sys.stderr)
         return 2
     counts: dict[str, int] = {}
     for outcome in outcomes.values():
         counts[outcome] = counts.get(outcome, 0) + 1
     print(f"{sweep.name}: " + ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items())))
     print(f"tracking: {context.tracking_uri}  (experiment {sweep.name!r})")
-    return 0 if all(outcome in ("finished", "skipped") for outcome in outcomes.values()) else 1
+    aggregated = aggregate_at_the_end(sweep, context, project_root)
+    return 0 if aggregated and all(outcome in ("finished", "skipped") for outcome in outcomes.values()) else 1
+
+
+def aggregate_at_the_end(sweep: SweepConfig, context: RunContext, project_root: Path) -> bool:
+    """The sweep's last step: tables, fusions and plots of every FINISHED fine-tune run (also after
+    some runs failed: what finished is worth a table). False if the aggregation itself failed."""
+    from ssl_hpc.aggregate import AggregationError, aggregate_sweep
+
+    try:
+        result = aggregate_sweep(sweep, project_root, tracking_uri=context.tracking_uri)
+    except AggregationError as error:
+        print(f"aggregation: nothing to aggregate ({error})")
+        return True
+    except Exception:
+        log.exception("the aggregation failed; re-run it alone with: python launch/aggregate.py SWEEP.yaml")
+        return False
+    for skip in result.skipped:
+        print(f"aggregation: skipped fusion {skip.column} in {skip.table}: {skip.reason}")
+    print(f"results: {result.results_dir}")
+    return True

@@ -8,18 +8,25 @@ names the offending field and what would have been accepted.
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ssl_hpc.data.medmnist import MEDMNIST_2D, SINGLE_LABEL
-from ssl_hpc.data.class_weights import CLASS_WEIGHT_RULES
+from ssl_hpc.data.duplicates import DEFAULT_MIN_CORRELATION, DEFAULT_THRESHOLD
+from ssl_hpc.data.image_folder import ImageFolderSpec
+from ssl_hpc.data.class_weights import CLASS_WEIGHT_RULES, is_known_rule
+from ssl_hpc.evaluate.fusion import FUSION_NAME, FUSION_RULES, GREEDY_METRICS
+from ssl_hpc.explain.settings import CamSettings
+from ssl_hpc.launchers.settings import RaySettings, SlurmSettings, TuneSettings
 from ssl_hpc.models.backbones import BACKBONES
 from ssl_hpc.models.methods import METHODS
 
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 FINETUNE_MODES = ("frozen", "end_to_end", "partial", "knn")
 BACKENDS = ("local", "slurm", "ray")
 
@@ -59,6 +66,7 @@ class PretrainSettings(StageSettings):
     gray_scale_prob: float = Field(0.2, ge=0, le=1)
     blur_prob: float = Field(0.0, ge=0, le=1)
     extra_unlabeled: tuple[str, ...] = ()
+    mask_ratio: float = Field(0.75, gt=0, lt=1)  # MAE
 
 
 class FinetuneSettings(StageSettings):
@@ -66,7 +74,9 @@ class FinetuneSettings(StageSettings):
 
     head: Literal["linear", "mlp"] = "linear"
     head_hidden: int = Field(512, ge=1)
-    trainable_last: int = Field(1, ge=1)
+    trainable_last: int = Field(1, ge=1)                   # partial: the last N stages...
+    trainable_layers: int | None = Field(None, ge=1)        # ... or the last N layers with weights...
+    trainable_from: str | None = None                       # ... or every layer from this module on
     knn_k: int = Field(20, ge=1)
     augment: Literal["none", "flip", "crop_flip"] = "none"
     select_by: Literal["val_acc", "val_balanced_acc", "val_auc", "val_loss", "last"] = "val_acc"
@@ -80,12 +90,24 @@ class ModelSettings(_Strict):
     stem: Literal["imagenet", "small"] = "imagenet"
     input_size: int | None = Field(None, ge=8)
     vit_patch_size: int | None = Field(None, ge=1)
-    mask_ratio: float = Field(0.75, gt=0, lt=1)
+    vit_pool: Literal["token", "avg"] = "token"
+    # Start the backbone from ImageNet weights ("imagenet": timm's, from the local cache) or from a
+    # state-dict file (a path); None: random initialisation.
+    pretrained_weights: str | None = None
 
 
 class DataSettings(_Strict):
+    """``duplicates``: the leakage guard run before training (see :mod:`ssl_hpc.data.duplicates`):
+    near-duplicate images across train/val/test are counted and logged (``report``), stop the run
+    (``error``), or are not looked for (``off``). A pair counts when its perceptual hashes differ in at
+    most ``duplicate_threshold`` of 64 bits and its 16 x 16 thumbnails correlate at least
+    ``duplicate_min_correlation``."""
+
     to_rgb: bool = False
     download: bool = True
+    duplicates: Literal["report", "error", "off"] = "report"
+    duplicate_threshold: int = Field(DEFAULT_THRESHOLD, ge=0, le=32)
+    duplicate_min_correlation: float = Field(DEFAULT_MIN_CORRELATION, ge=-1, le=1)
 
 
 class RuntimeSettings(_Strict):
@@ -105,7 +127,7 @@ class Grid(_Strict):
 
     dataset: list[str]
     size: list[Literal[28, 64, 128, 224]] = [28]
-    method: list[str]
+    method: list[str] = []
     backbone: list[str] = ["resnet18"]
     label_fraction: list[float] = [1.0]
     labels_per_class: list[int | None] = [None]
@@ -125,7 +147,11 @@ class Grid(_Strict):
     @field_validator("class_weight")
     @classmethod
     def _known_class_weight(cls, values: list[str]) -> list[str]:
-        return _check_names(values, CLASS_WEIGHT_RULES, "class weight rule")
+        for value in values:
+            if not is_known_rule(value):
+                raise ValueError(f"unknown class weight rule {value!r}; accepted: {', '.join(CLASS_WEIGHT_RULES)}, "
+                                 "or critical:<class>=<weight> (e.g. critical:COVID=3)")
+        return values
 
     @field_validator("label_fraction")
     @classmethod
@@ -146,8 +172,8 @@ class Grid(_Strict):
     @field_validator("dataset", "size", "method", "backbone", "label_fraction", "labels_per_class",
                      "class_weight", "finetune")
     @classmethod
-    def _not_empty(cls, values: list) -> list:
-        if not values:
+    def _not_empty(cls, values: list, info: ValidationInfo) -> list:
+        if not values and info.field_name != "method":  # methods may all come as variants
             raise ValueError("an axis needs at least one value")
         if len(set(map(repr, values))) != len(values):
             raise ValueError(f"repeated values in {values}")
@@ -155,11 +181,23 @@ class Grid(_Strict):
 
 
 class MethodOverrides(_Strict):
-    """Per-method settings that win over the sweep-wide sections."""
+    """Per-method settings that win over the sweep-wide sections.
 
+    ``backbone`` replaces the grid's backbone axis for this method (MAE and AIM need ViTs while
+    the grid's ResNets serve the others).
+    """
+
+    backbone: list[str] | None = None
     pretrain: dict[str, Any] = {}
     finetune: dict[str, Any] = {}
     model: dict[str, Any] = {}
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, values: list[str] | None) -> list[str] | None:
+        if values is not None and not values:
+            raise ValueError("give at least one backbone, or leave the field out")
+        return values if values is None else _check_names(values, BACKBONES, "backbone")
 
     @field_validator("pretrain")
     @classmethod
@@ -177,6 +215,20 @@ class MethodOverrides(_Strict):
         return _validate_partial(ModelSettings, values)
 
 
+class Variant(MethodOverrides):
+    """A named variant of a method: the thesis's ResNet-34 MoCo v2, or MoCo "Plus" with extra
+    unlabelled images. It runs over the grid's other axes like any method, and tables and fusions
+    know it by its name."""
+
+    method: str
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        _check_names([value], METHODS, "method")
+        return value
+
+
 def _validate_partial(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
     """Checks a partial section now, so a typo in an override fails before anything runs."""
     try:
@@ -186,13 +238,68 @@ def _validate_partial(model: type[BaseModel], values: dict[str, Any]) -> dict[st
     return values
 
 
+class AggregateSettings(_Strict):
+    """The aggregation step (``launch/aggregate.py``): fusion ensembles, tables, statistics.
+
+    ``fusions``: name -> member model names (the runs' ``model`` tag); every fusion is built with
+    every rule in ``rules``, per dataset, size, label budget, class weight, fine-tune mode and seed.
+    """
+
+    fusions: dict[str, list[str]] = {}
+    rules: list[str] = ["product"]
+    reference: str = "supervised"  # the method (``method`` tag) of the reference model
+    bootstrap_resamples: int = Field(1000, ge=1)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    stats_seed: int = 0
+    greedy_metric: Literal[GREEDY_METRICS] = "accuracy"  # type: ignore[valid-type]
+    greedy_rounds: int = Field(10, ge=1)
+    stacking_c: float = Field(1.0, gt=0)
+    plots: bool = True
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, values: list[str]) -> list[str]:
+        if not values or len(set(values)) != len(values):
+            raise ValueError(f"rules must be a non-empty list of distinct rules; accepted: {', '.join(FUSION_RULES)}")
+        return _check_names(values, FUSION_RULES, "fusion rule")
+
+    @field_validator("reference")
+    @classmethod
+    def _known_reference(cls, value: str) -> str:
+        _check_names([value], METHODS, "reference method")
+        return value
+
+    @field_validator("fusions")
+    @classmethod
+    def _valid_fusions(cls, values: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, members in values.items():
+            _check_fusion(name, members)
+        return values
+
+
+def _check_fusion(name: str, members: list[str]) -> None:
+    """One fusion's name and members. Members are model names (a method, or a variant's name)."""
+    field = f"aggregate.fusions.{name}"
+    if not FUSION_NAME.fullmatch(name):
+        raise _field_error(field, f"fusion name {name!r} must match {FUSION_NAME.pattern}")
+    if len(members) < 2:
+        raise _field_error(field, f"a fusion needs at least 2 member models, got {members}")
+    if len(set(members)) != len(members):
+        raise _field_error(field, f"repeated members in {members}")
+    for member in members:
+        if not member.strip() or member != member.strip():
+            raise _field_error(field, f"member {member!r} must be a model name: a method "
+                                      f"({', '.join(sorted(METHODS))}) or a variant's name")
+
+
 class SweepConfig(_Strict):
     """One YAML grid. ``name`` is the MLflow experiment."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     backend: Literal["local", "slurm", "ray"] = "local"
     data_root: str | None = None
-    output_dir: str = "outputs"
+    output_dir: str = "outputs"    # run folders (checkpoints while a run is unfinished), per sweep
+    results_dir: str = "results"   # the aggregation's tables and figures, per sweep
     seeds: list[int] = [621]
     grid: Grid
     pretrain: PretrainSettings = PretrainSettings()
@@ -200,13 +307,41 @@ class SweepConfig(_Strict):
     model: ModelSettings = ModelSettings()
     data: DataSettings = DataSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    cam: CamSettings = CamSettings()  # CAM figures and scores after each fine-tune run
     methods: dict[str, MethodOverrides] = {}
+    datasets: dict[str, ImageFolderSpec] = {}  # image-folder datasets, usable by name in grid.dataset
+    variants: dict[str, Variant] = {}
+    aggregate: AggregateSettings = AggregateSettings()
+    slurm: SlurmSettings = SlurmSettings()  # --backend slurm: a cluster profile and overrides of its fields
+    ray: RaySettings = RaySettings()  # --backend ray and launch/tune.py
+    tune: TuneSettings | None = None  # launch/tune.py: search space, metric, ASHA
 
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, values: list[int]) -> list[int]:
         if not values or len(set(values)) != len(values):
             raise ValueError("seeds must be a non-empty list of distinct integers")
+        return values
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, values: dict[str, Variant]) -> dict[str, Variant]:
+        for name in values:
+            if name in METHODS:
+                raise ValueError(f"variant name {name!r} is a method's name; give the variant its own name")
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"variant name {name!r}: use letters, digits, '_' and '-' only")
+        return values
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_names(cls, values: dict[str, ImageFolderSpec]) -> dict[str, ImageFolderSpec]:
+        for name in values:
+            if name in MEDMNIST_2D:
+                raise _field_error(f"datasets.{name}", f"{name!r} is a MedMNIST dataset's name; give the image "
+                                                       "folder its own name")
+            if not DATASET_NAME.fullmatch(name):
+                raise _field_error(f"datasets.{name}", f"dataset name {name!r} must match {DATASET_NAME.pattern}")
         return values
 
     @field_validator("methods")
@@ -217,17 +352,46 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> SweepConfig:
+        if not self.grid.method and not self.variants:
+            raise _field_error("grid.method", f"no method to run; accepted: {', '.join(sorted(METHODS))} "
+                                              "(or declare variants:)")
+        models = {*self.grid.method, *self.variants}
+        for fusion, members in self.aggregate.fusions.items():
+            unknown = [member for member in members if member not in models]
+            if unknown:
+                raise _field_error(f"aggregate.fusions.{fusion}",
+                                   f"{', '.join(map(repr, unknown))} is not a model of this sweep; accepted: "
+                                   f"{', '.join(sorted(models))}")
+        known = set(SINGLE_LABEL) | set(self.datasets)
+        for entry, overrides in [*self.methods.items(), *self.variants.items()]:
+            section = "variants" if entry in self.variants else "methods"
+            for index, name in enumerate(overrides.pretrain.get("extra_unlabeled", ())):
+                if name not in known:
+                    raise _field_error(f"{section}.{entry}.pretrain.extra_unlabeled[{index}]",
+                                       f"unknown dataset {name!r}; accepted: {', '.join(sorted(known))}")
+        for index, name in enumerate(self.pretrain.extra_unlabeled):
+            if name not in known:
+                raise _field_error(f"pretrain.extra_unlabeled[{index}]",
+                                   f"unknown dataset {name!r}; accepted: {', '.join(sorted(known))}")
+            if name in self.grid.dataset:
+                raise _field_error(f"pretrain.extra_unlabeled[{index}]",
+                                   f"{name!r} is a dataset of the grid: its train split is pretrained on already")
+        accepted = ", ".join(sorted(SINGLE_LABEL))
+        if self.datasets:
+            accepted += f"; or a dataset declared under datasets: {', '.join(sorted(self.datasets))}"
         for index, name in enumerate(self.grid.dataset):
+            if name in self.datasets:
+                continue
             if name not in MEDMNIST_2D:
                 raise _field_error(
                     f"grid.dataset[{index}]",
-                    f"unknown dataset {name!r}; accepted: {', '.join(sorted(SINGLE_LABEL))}",
+                    f"unknown dataset {name!r}; accepted: {accepted} (declare an image folder under datasets:)",
                 )
             if name not in SINGLE_LABEL:
                 raise _field_error(
                     f"grid.dataset[{index}]",
                     f"{name!r} is a multi-label dataset, which the single-label training loop does not "
-                    f"support; accepted: {', '.join(sorted(SINGLE_LABEL))}",
+                    f"support; accepted: {accepted}",
                 )
         if any(k is not None for k in self.grid.labels_per_class) and self.grid.label_fraction != [1.0]:
             raise _field_error(
@@ -243,6 +407,7 @@ class RunConfig(_Strict):
     stage: Literal["pretrain", "finetune"]
     method: str
     dataset: str
+    dataset_spec: ImageFolderSpec | None = None  # for an image-folder dataset: where and how it is read
     size: int
     backbone: str
     seed: int

@@ -14,14 +14,29 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from ssl_hpc.config import FinetuneSettings, ModelSettings, PretrainSettings, RunConfig, SweepConfig
+from ssl_hpc.config import (
+    ConfigError,
+    FinetuneSettings,
+    MethodOverrides,
+    ModelSettings,
+    PretrainSettings,
+    RunConfig,
+    SweepConfig,
+)
+from ssl_hpc.models.backbones import BACKBONE_FAMILIES
 from ssl_hpc.models.methods import METHODS
+from ssl_hpc.models.pretrained import IMAGENET, IMAGENET_WEIGHTS
 
 KEY_LENGTH = 12
 
 
+# Settings that guard or fetch the data but cannot change what a run computes.
+NOT_IN_KEY = {"data": {"download", "duplicates", "duplicate_threshold", "duplicate_min_correlation"}}
+
+
 def run_key(config: RunConfig) -> str:
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    resolved = config.model_dump(mode="json", exclude=NOT_IN_KEY)
+    canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
 
 
@@ -81,7 +96,7 @@ def _relevant(settings: FinetuneSettings, mode: str, class_weight: str) -> Finet
     if class_weight != "effective_number":
         reset["effective_number_beta"] = defaults.effective_number_beta
     if mode != "partial":
-        reset["trainable_last"] = defaults.trainable_last
+        reset.update(trainable_last=defaults.trainable_last, trainable_layers=None, trainable_from=None)
     if mode == "knn":
         keep = {"knn_k", "batch_size"}
         reset.update({name: getattr(defaults, name) for name in FinetuneSettings.model_fields if name not in keep})
@@ -90,46 +105,89 @@ def _relevant(settings: FinetuneSettings, mode: str, class_weight: str) -> Finet
     return settings.model_copy(update=reset)
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """One trained model of the sweep: a grid method or a named variant, with its overrides."""
+
+    name: str
+    method: str
+    backbones: tuple[str, ...]
+    overrides: MethodOverrides | None
+    field: str  # where its backbones come from, for error messages
+
+
+def _entries(sweep: SweepConfig) -> list[_Entry]:
+    entries = []
+    for method in sweep.grid.method:
+        overrides = sweep.methods.get(method)
+        from_override = overrides is not None and overrides.backbone is not None
+        backbones = tuple(overrides.backbone) if from_override else tuple(sweep.grid.backbone)
+        entries.append(_Entry(method, method, backbones, overrides,
+                              f"methods.{method}.backbone" if from_override else "grid.backbone"))
+    for name, variant in sweep.variants.items():
+        backbones = tuple(variant.backbone) if variant.backbone is not None else tuple(sweep.grid.backbone)
+        entries.append(_Entry(name, variant.method, backbones, variant,
+                              f"variants.{name}.backbone" if variant.backbone is not None else "grid.backbone"))
+    for entry in entries:
+        families = METHODS[entry.method].backbone_families
+        wrong = [b for b in entry.backbones if families is not None and BACKBONE_FAMILIES[b] not in families]
+        if wrong:
+            accepted = sorted(b for b, family in BACKBONE_FAMILIES.items() if family in families)
+            raise ConfigError(
+                f"{entry.field}: method {entry.method!r} cannot train {', '.join(wrong)}; accepted: "
+                f"{', '.join(accepted)} (set methods.{entry.method}.backbone to give it its own backbones)"
+            )
+    return entries
+
+
 def expand_jobs(sweep: SweepConfig) -> list[Job]:
     """All jobs of the sweep, pretraining jobs first, each pretraining job listed once."""
     grid = sweep.grid
     pretrain_jobs: dict[str, Job] = {}
     finetune_jobs: dict[str, Job] = {}
-    for seed, dataset, size, backbone, method in itertools.product(
-        sweep.seeds, grid.dataset, grid.size, grid.backbone, grid.method
-    ):
-        spec = METHODS[method]
-        overrides = sweep.methods.get(method)
-        model = ModelSettings(**{**_layer(sweep.model), **(overrides.model if overrides else {})})
-        common = dict(method=method, dataset=dataset, size=size, backbone=backbone, seed=seed, model=model, data=sweep.data)
-        pretrain_key = None
-        if spec.needs_pretraining:
-            pretrain_settings = PretrainSettings(
-                **{**spec.pretrain_defaults, **_layer(sweep.pretrain), **(overrides.pretrain if overrides else {})}
-            )
-            pretrain_config = RunConfig(stage="pretrain", pretrain_settings=pretrain_settings, **common)
-            pretrain_key = run_key(pretrain_config)
-            pretrain_jobs.setdefault(pretrain_key, Job(pretrain_key, pretrain_config))
+    for entry in _entries(sweep):
+        spec = METHODS[entry.method]
+        overrides = entry.overrides
+        model = ModelSettings(**{**spec.model_defaults, **_layer(sweep.model), **(overrides.model if overrides else {})})
+        pretrain_settings = PretrainSettings(
+            **{**spec.pretrain_defaults, **_layer(sweep.pretrain), **(overrides.pretrain if overrides else {})}
+        )
+        if entry.method != "mae":  # the only method it concerns: changing it must not retrain the others
+            pretrain_settings = pretrain_settings.model_copy(update={"mask_ratio": PretrainSettings().mask_ratio})
         finetune_base = FinetuneSettings(
             **{**spec.finetune_defaults, **_layer(sweep.finetune), **(overrides.finetune if overrides else {})}
         )
-        modes = [spec.fixed_finetune] if spec.fixed_finetune else grid.finetune
-        for fraction, per_class, class_weight, mode in itertools.product(
-            grid.label_fraction, grid.labels_per_class, grid.class_weight, modes
-        ):
-            config = RunConfig(
-                stage="finetune",
-                finetune=mode,
-                label_fraction=fraction,
-                labels_per_class=per_class,
-                class_weight=class_weight,
-                finetune_settings=_relevant(finetune_base, mode, class_weight),
-                pretrain_key=pretrain_key,
-                **common,
-            )
-            key = run_key(config)
-            depends = (pretrain_key,) if pretrain_key else ()
-            finetune_jobs.setdefault(key, Job(key, config, depends))
+        if model.pretrained_weights == IMAGENET:
+            missing = [b for b in entry.backbones if b not in IMAGENET_WEIGHTS]
+            if missing:
+                raise ConfigError(f"{entry.field}: no ImageNet weights for {', '.join(missing)} ({entry.name}); "
+                                  f"accepted: {', '.join(sorted(IMAGENET_WEIGHTS))}")
+        for seed, dataset, size, backbone in itertools.product(sweep.seeds, grid.dataset, grid.size, entry.backbones):
+            model_name = entry.name if len(entry.backbones) == 1 else f"{entry.name}_{backbone}"
+            common = dict(method=entry.method, dataset=dataset, size=size, backbone=backbone, seed=seed, model=model,
+                          data=sweep.data, dataset_spec=sweep.datasets.get(dataset))
+            pretrain_key = None
+            if spec.needs_pretraining:
+                pretrain_config = RunConfig(stage="pretrain", pretrain_settings=pretrain_settings, **common)
+                pretrain_key = run_key(pretrain_config)
+                pretrain_jobs.setdefault(pretrain_key, Job(pretrain_key, pretrain_config, model_name=model_name))
+            modes = [spec.fixed_finetune] if spec.fixed_finetune else grid.finetune
+            for fraction, per_class, class_weight, mode in itertools.product(
+                grid.label_fraction, grid.labels_per_class, grid.class_weight, modes
+            ):
+                config = RunConfig(
+                    stage="finetune",
+                    finetune=mode,
+                    label_fraction=fraction,
+                    labels_per_class=per_class,
+                    class_weight=class_weight,
+                    finetune_settings=_relevant(finetune_base, mode, class_weight),
+                    pretrain_key=pretrain_key,
+                    **common,
+                )
+                key = run_key(config)
+                depends = (pretrain_key,) if pretrain_key else ()
+                finetune_jobs.setdefault(key, Job(key, config, depends, model_name=model_name))
     return [*pretrain_jobs.values(), *finetune_jobs.values()]
 
 

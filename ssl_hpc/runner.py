@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from ssl_hpc.config import RunConfig, RuntimeSettings
+from ssl_hpc.data.image_folder import ImageFolderSpec
+from ssl_hpc.explain.settings import CamSettings
 from ssl_hpc.data.loading import DatasetCache
 from ssl_hpc.jobs import Job
 from ssl_hpc.tracking import FAILED, FINISHED, KILLED, GitState, SweepTracker, flatten
@@ -49,6 +51,11 @@ class RunContext:
     git: GitState | None = None
     progress: bool = False
     extra_tags: Mapping[str, str] = field(default_factory=dict)
+    datasets: Mapping[str, ImageFolderSpec] = field(default_factory=dict)  # the sweep's declared image folders
+    cam: CamSettings = CamSettings()  # CAM figures and scores after each fine-tune run
+    # Called after each epoch's metrics are logged (launch/tune.py reports them to Ray Tune). Not pickled
+    # across machines: set it where the job runs.
+    on_epoch: Callable[[Job, int, Mapping[str, float]], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -75,6 +82,8 @@ class RunHandle:
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         values = {name: value for name, value in metrics.items() if name != "epoch"}
         self.tracker.log_metrics(self.run_id, values, step=epoch)
+        if self.context.on_epoch is not None:
+            self.context.on_epoch(self.job, epoch, values)
 
     def artifact_dir(self) -> Path:
         path = self.workdir / "artifacts"
@@ -161,6 +170,11 @@ def _open_run(tracker: SweepTracker, job: Job, context: RunContext, workdir: Pat
         tracker.reopen(run_id)
         attempts = int(existing.data.tags.get("attempts", "1")) + 1
         tracker.set_tags(run_id, {**tags, "attempts": str(attempts)})
+        if "error_type" in existing.data.tags:  # the interruption being resumed from is history now
+            tracker.set_tags(run_id, {"previous_error_type": existing.data.tags["error_type"]})
+            for name in ("error", "error_type"):
+                if name in existing.data.tags:
+                    tracker.client.delete_tag(run_id, name)
         log.info("%s: resuming MLflow run %s (attempt %d)", job.key, run_id, attempts)
         return run_id
     if existing is not None:
@@ -211,15 +225,16 @@ def run_job(job: Job, context: RunContext, cache: DatasetCache | None = None) ->
         return "busy"
     try:
         run_id = _open_run(tracker, job, context, workdir)
-        if context.runtime.num_threads:
-            torch.set_num_threads(context.runtime.num_threads)
-        device = resolve_device(context.runtime.device)
-        precision = Precision(device, context.runtime.bf16, context.runtime.channels_last)
-        handle = RunHandle(job, tracker, run_id, workdir, precision, context)
-        tracker.set_tags(run_id, {"device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device)})
-        seed_everything(job.config.seed)
-        try:
-            _stage_runner(job.config)(handle, cache or DatasetCache(context.data_root))
+        try:  # everything after the run is open: a failure here too must end it FAILED, not leave it RUNNING
+            if context.runtime.num_threads:
+                torch.set_num_threads(context.runtime.num_threads)
+            device = resolve_device(context.runtime.device)
+            precision = Precision(device, context.runtime.bf16, context.runtime.channels_last)
+            handle = RunHandle(job, tracker, run_id, workdir, precision, context)
+            tracker.set_tags(run_id, {"device": device.type if device.type == "cpu"
+                                      else torch.cuda.get_device_name(device)})
+            seed_everything(job.config.seed)
+            _stage_runner(job.config)(handle, cache or DatasetCache(context.data_root, context.datasets))
         except BaseException as error:
             interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
             tail = "".join(traceback.format_exception(error))[-4000:]

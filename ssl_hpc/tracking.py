@@ -8,9 +8,14 @@ runs can be tracked from one process and from many processes at once.
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import logging
 import os
+import random
 import subprocess
 import time
+from contextlib import contextmanager
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +87,64 @@ def git_state(project_root: Path) -> GitState | None:
     return GitState(commit=commit, dirty=bool(diff or untracked), diff=diff)
 
 
+log = logging.getLogger(__name__)
+# SQLite lets one writer in at a time; MLflow waits 20 s for the lock (busy_timeout), but a reader that
+# wants to write while another process writes gets "database is locked" at once. Every call is retried
+# with jittered backoff for this long: each MLflow call is one transaction, so a retry never logs twice.
+RETRY_SECONDS = float(os.environ.get("SSL_HPC_TRACKING_RETRY_S", "300"))
+_TRANSIENT = ("database is locked", "database table is locked", "database is busy")
+
+
+def _transient(error: BaseException) -> bool:
+    """SQLite's busy errors only: anything else (a wrong path, a missing table) fails at once."""
+    return any(marker in str(error).lower() for marker in _TRANSIENT)
+
+
+def with_retries(call, *args, **kwargs):
+    """``call(*args, **kwargs)``, retried while a SQLite store is busy (locked by another writer)."""
+    deadline = time.monotonic() + RETRY_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as error:  # MlflowException, sqlalchemy's OperationalError during store set-up
+            if not _transient(error) or time.monotonic() > deadline:
+                raise
+            log.debug("tracking store busy (%s); retrying in %.2fs", str(error).splitlines()[0][:120], delay)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
+class RetryingClient:
+    """An :class:`MlflowClient` whose every method is retried on transient store errors."""
+
+    def __init__(self, client: MlflowClient):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+        return functools.partial(with_retries, attribute)
+
+
+@contextmanager
+def store_lock(tracking_uri: str):
+    """Serialises the first use of a SQLite store across processes: creating the tables (MLflow's
+    migrations) is not safe to run from several processes at once. Nothing to do for a server."""
+    database = local_database(tracking_uri)
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.parent / f".{database.name}.init-lock", "a+") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
 def pick_run(runs: Iterable[Run]) -> Run | None:
     """The run that stands for a key: a FINISHED one if any, else the most recent."""
     ordered = sorted(runs, key=lambda run: (run.info.status == FINISHED, run.info.start_time or 0), reverse=True)
@@ -97,8 +160,9 @@ class SweepTracker:
             database.parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
         self.experiment = experiment
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = self._get_or_create_experiment()
+        with store_lock(tracking_uri):  # MlflowClient opens (and on first use creates) the store at once
+            self.client = RetryingClient(MlflowClient(tracking_uri=tracking_uri))
+            self.experiment_id = self._get_or_create_experiment()
 
     @classmethod
     def existing(cls, tracking_uri: str, experiment: str) -> SweepTracker | None:
@@ -106,9 +170,10 @@ class SweepTracker:
         database = local_database(tracking_uri)
         if database is not None and not database.is_file():
             return None
-        client = MlflowClient(tracking_uri=tracking_uri)
-        if client.get_experiment_by_name(experiment) is None:
-            return None
+        with store_lock(tracking_uri):
+            client = RetryingClient(MlflowClient(tracking_uri=tracking_uri))
+            if client.get_experiment_by_name(experiment) is None:
+                return None
         return cls(tracking_uri, experiment)
 
     def _get_or_create_experiment(self) -> str:

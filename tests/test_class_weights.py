@@ -57,3 +57,21 @@ def test_unknown_rule_lists_accepted():
 
 def test_class_counts():
     assert class_counts(np.array([0, 2, 2]), 4).tolist() == [1, 0, 2, 0]
+
+
+def test_critical_class_weight_by_name_or_index():
+    names = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    counts = np.array([10, 20, 30, 5])
+    assert class_weights("critical:COVID=3", counts, class_names=names).tolist() == [3, 1, 1, 1]
+    assert class_weights("critical:2=1.5", counts, class_names=names).tolist() == [1, 1, 1.5, 1]
+    with pytest.raises(ValueError, match="no class 'Covid'; accepted: COVID"):
+        class_weights("critical:Covid=3", counts, class_names=names)
+
+
+def test_critical_rule_syntax_is_checked_in_the_grid():
+    from ssl_hpc.config import ConfigError, validate_sweep
+
+    base = {"name": "x", "grid": {"dataset": ["pneumoniamnist"], "method": ["supervised"]}}
+    validate_sweep({**base, "grid": {**base["grid"], "class_weight": ["critical:pneumonia=2"]}})
+    with pytest.raises(ConfigError, match=r"grid.class_weight.*critical:<class>=<weight>"):
+        validate_sweep({**base, "grid": {**base["grid"], "class_weight": ["critical:pneumonia"]}})

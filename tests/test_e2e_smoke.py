@@ -33,7 +33,7 @@ def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, fl
 def test_smoke_sweep_runs_then_reruns_nothing(tmp_path, data_root, tracking_uri):
     env = {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": tracking_uri}
     outputs = tmp_path / "outputs"
-    first = run_sweep_cli(["sweeps/smoke.yaml", "--set", f"output_dir={outputs}"], env)
+    first = run_sweep_cli(["sweeps/smoke.yaml", "--set", f"output_dir={outputs}", "--set", f"results_dir={tmp_path / 'results'}"], env)
     assert first.returncode == 0, first.stdout + first.stderr
     client, runs = runs_of(tracking_uri, "smoke")
     assert len(runs) == 4
@@ -60,14 +60,14 @@ def test_smoke_sweep_runs_then_reruns_nothing(tmp_path, data_root, tracking_uri)
                             ("0.25", "inverse_count_complement")}
     before = {run.info.run_id: histories(client, run.info.run_id) for run in runs}
 
-    second = run_sweep_cli(["sweeps/smoke.yaml", "--set", f"output_dir={outputs}"], env)
+    second = run_sweep_cli(["sweeps/smoke.yaml", "--set", f"output_dir={outputs}", "--set", f"results_dir={tmp_path / 'results'}"], env)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "4 skipped" in second.stdout
     client, again = runs_of(tracking_uri, "smoke")
     assert {run.info.run_id for run in again} == set(before)
     assert {run.info.run_id: histories(client, run.info.run_id) for run in again} == before
 
-    status = run_sweep_cli(["sweeps/smoke.yaml", "--status", "--set", f"output_dir={outputs}"], env)
+    status = run_sweep_cli(["sweeps/smoke.yaml", "--status", "--set", f"output_dir={outputs}", "--set", f"results_dir={tmp_path / 'results'}"], env)
     assert status.returncode == 0
     assert "4 finished" in status.stdout
 
@@ -89,7 +89,7 @@ def wait_for_checkpoint(path: Path, epoch: int, process, timeout: float = 600) -
 def test_killed_mid_epoch_resumes_into_the_same_run(tmp_path, data_root, tracking_uri):
     env = {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": tracking_uri}
     outputs = tmp_path / "outputs"
-    args = ["sweeps/smoke.yaml", "--set", f"output_dir={outputs}", "--set", "name=resume",
+    args = ["sweeps/smoke.yaml", "--set", f"output_dir={outputs}", "--set", f"results_dir={tmp_path / 'results'}", "--set", "name=resume",
             "--set", "grid.label_fraction=[1.0]", "--set", "grid.class_weight=[none]",
             "--set", "finetune.epochs=4", "--set", "runtime.keep_checkpoints=true"]
     dry = run_sweep_cli([*args, "--dry-run"], env)

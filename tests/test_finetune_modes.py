@@ -67,3 +67,44 @@ def test_partial_with_too_many_stages_is_refused():
     model = build_classifier(config("partial"), num_classes=2, dataset_channels=1)
     with pytest.raises(ValueError, match="4 stages"):
         configure_trainable(model, "partial", 5)
+
+
+def train_with_policy(tmp_path, backbone: str, **policy):
+    torch.manual_seed(0)
+    run = config("partial").model_copy(update={"backbone": backbone})
+    model = build_classifier(run, num_classes=2, dataset_channels=1)
+    opened = configure_trainable(model, "partial", **policy)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    settings = run.finetune_settings.model_copy(update={"optimizer": "adam", "lr": 1e-2})
+    fit(ClassificationTask(model, opened, images(16)), images(), settings, seed=0, workdir=tmp_path,
+        precision=Precision(torch.device("cpu")))
+    changed = {name for name, tensor in model.state_dict().items() if not torch.equal(before[name], tensor)}
+    return opened, {name[len("backbone.body."):] for name in changed if name.startswith("backbone.")}
+
+
+def test_trainable_from_a_named_module_trains_exactly_from_there(tmp_path):
+    opened, changed = train_with_policy(tmp_path, "resnet18", trainable_from="layer4.1")
+    assert changed and all(name.startswith("layer4.1.") for name in changed)
+    assert {name.rsplit(".", 1)[0] for name in changed if name.endswith("weight")} == set(opened)
+
+
+def test_trainable_layers_counts_layers_with_weights_from_the_end(tmp_path):
+    opened, changed = train_with_policy(tmp_path, "cnn10", trainable_layers=3)
+    assert opened == ["4.1", "4.3", "4.4"]  # BatchNorm, conv, BatchNorm: the last three layers with weights
+    assert {name.rsplit(".", 1)[0] for name in changed} == set(opened)
+
+
+def test_vgg19_opened_from_block5_conv4():
+    run = config("partial").model_copy(update={"backbone": "vgg19", "size": 32})
+    model = build_classifier(run, num_classes=2, dataset_channels=1)
+    opened = configure_trainable(model, "partial", trainable_from="features.34")
+    trainable = {name for name, p in model.backbone.body.named_parameters() if p.requires_grad}
+    assert opened[0] == "features.34"
+    assert "features.34.weight" in trainable and "features.32.weight" not in trainable
+    assert all(not name.startswith("features.") or name.startswith("features.34.") for name in trainable)
+
+
+def test_unknown_module_name_is_refused_with_examples():
+    model = build_classifier(config("partial"), num_classes=2, dataset_channels=1)
+    with pytest.raises(ValueError, match="no module 'layer9'"):
+        configure_trainable(model, "partial", trainable_from="layer9")

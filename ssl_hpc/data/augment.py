@@ -28,3 +28,42 @@ def classification_augmentation(name: str, image_size: int) -> nn.Module | None:
             K.RandomHorizontalFlip(),
         )
     raise ValueError(f"unknown augmentation {name!r}; accepted: none, flip, crop_flip")
+
+
+VIEW_PRESETS = ("contrastive", "crop_flip")
+
+
+def view_augmentation(
+    preset: str,
+    image_size: int,
+    channels: int,
+    crop_scale_min: float = 0.2,
+    color_jitter: float = 0.4,
+    gray_scale_prob: float = 0.2,
+    blur_prob: float = 0.0,
+) -> nn.Module:
+    """Random views for self-supervised pretraining, drawn independently for every sample.
+
+    ``contrastive`` is SimCLR's recipe (random resized crop, flip, colour jitter with p=0.8,
+    random grayscale, optional blur -- the thesis used none at 28 px); on 1-channel images only
+    brightness and contrast are jittered. ``crop_flip`` is the masked-image-modelling recipe
+    (MAE, AIM): crop and flip only.
+    """
+    crop = K.RandomResizedCrop((image_size, image_size), scale=(crop_scale_min, 1.0))
+    if preset == "crop_flip":
+        return K.AugmentationSequential(crop, K.RandomHorizontalFlip())
+    if preset != "contrastive":
+        raise ValueError(f"unknown view preset {preset!r}; accepted: {', '.join(VIEW_PRESETS)}")
+    colour = channels == 3
+    steps: list[nn.Module] = [
+        crop,
+        K.RandomHorizontalFlip(),
+        K.ColorJitter(color_jitter, color_jitter, color_jitter if colour else 0.0, color_jitter / 4 if colour else 0.0,
+                      p=0.8),
+    ]
+    if colour and gray_scale_prob > 0:
+        steps.append(K.RandomGrayscale(p=gray_scale_prob))
+    if blur_prob > 0:
+        kernel = max(3, (image_size // 10) | 1)
+        steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=blur_prob))
+    return K.AugmentationSequential(*steps)

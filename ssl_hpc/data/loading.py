@@ -1,22 +1,83 @@
-"""Which loader a dataset name goes to, and a per-process cache so a sweep's runs share loads."""
+"""Which loader a dataset name goes to, and a per-process cache so a sweep's runs share loads.
+
+A name declared under the sweep's ``datasets:`` is an image folder
+(:func:`ssl_hpc.data.image_folder.load_image_folder`); any other name is a MedMNIST dataset.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
-from ssl_hpc.data.medmnist import load_medmnist
+from ssl_hpc.data.duplicates import DEFAULT_MIN_CORRELATION, DEFAULT_THRESHOLD, DuplicateReport, LeakageError, \
+    LeakageMode, duplicate_report
+from ssl_hpc.data.image_folder import ImageFolderSpec, index_image_folder, load_image_folder
+from ssl_hpc.data.medmnist import ensure_medmnist_file, load_medmnist
 from ssl_hpc.data.splits import LabeledDataset
 
 
 class DatasetCache:
-    """Each (dataset, size) is read from disk once per process, however many runs use it."""
+    """Each (dataset, size) is read from disk once per process, however many runs use it.
 
-    def __init__(self, data_root: Path):
+    ``datasets``: the sweep's declared image folders (name -> spec). ``cache_dir``: where decoded
+    image folders are cached (default ``<data_root>/.ssl_hpc_cache``, or ``~/.cache/ssl_hpc``).
+    """
+
+    def __init__(self, data_root: Path, datasets: Mapping[str, ImageFolderSpec] | None = None,
+                 cache_dir: Path | None = None):
         self.data_root = data_root
+        self.datasets = dict(datasets or {})
+        self.cache_dir = cache_dir
         self._loaded: dict[tuple[str, int], LabeledDataset] = {}
+        self._reports: dict[tuple, DuplicateReport] = {}
 
     def get(self, name: str, size: int, download: bool = True) -> LabeledDataset:
         key = (name, size)
         if key not in self._loaded:
-            self._loaded[key] = load_medmnist(name, size, self.data_root, download=download)
+            spec = self.datasets.get(name)
+            if spec is not None:
+                self._loaded[key] = load_image_folder(name, spec, size, self.cache_dir, data_root=self.data_root)
+            else:
+                self._loaded[key] = load_medmnist(name, size, self.data_root, download=download)
         return self._loaded[key]
+
+    def leakage(self, name: str, size: int, mode: LeakageMode = "report", threshold: int = DEFAULT_THRESHOLD,
+                min_correlation: float = DEFAULT_MIN_CORRELATION, download: bool = True) -> DuplicateReport | None:
+        """The leakage guard on ``get(name, size)``, computed once per process (see
+        :func:`ssl_hpc.data.duplicates.check_leakage`): ``None`` when ``mode`` is ``off``; raises
+        :class:`~ssl_hpc.data.duplicates.LeakageError` in ``error`` mode when there are duplicates.
+        Call it before building the model, so a leaking dataset stops the run before training."""
+        if mode == "off":
+            return None
+        if mode not in ("report", "error"):
+            raise ValueError(f"unknown duplicates mode {mode!r}; accepted: report, error, off")
+        key = (name, size, threshold, min_correlation)
+        if key not in self._reports:
+            self._reports[key] = duplicate_report(self.get(name, size, download), threshold, min_correlation)
+        report = self._reports[key]
+        if mode == "error" and not report.clean:
+            raise LeakageError(report)
+        return report
+
+    def files(self, name: str) -> dict[str, list[str]] | None:
+        """For an image folder: split -> the file of each example (to name duplicate pairs); else ``None``."""
+        spec = self.datasets.get(name)
+        if spec is None:
+            return None
+        return index_image_folder(spec, self.data_root, self.cache_dir).files
+
+
+def ensure_dataset(name: str, size: int, data_root: Path, datasets: Mapping[str, ImageFolderSpec] | None = None,
+                   download: bool = True, cache_dir: Path | None = None) -> None:
+    """Checks a dataset is there before anything is submitted (on the login node).
+
+    MedMNIST: the file is present (downloaded if allowed). Image folder: the layout, classes and
+    masks are valid and the split is made and saved -- without decoding any image. Raises
+    :class:`~ssl_hpc.data.medmnist.DatasetMissingError` or
+    :class:`~ssl_hpc.data.image_folder.DatasetFolderError`, naming the file or folder.
+    """
+    spec = (datasets or {}).get(name)
+    if spec is None:
+        ensure_medmnist_file(name, size, data_root, download=download)
+    else:
+        index_image_folder(spec, data_root, cache_dir)

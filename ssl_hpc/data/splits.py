@@ -8,7 +8,7 @@ indexing, and augmentation runs on whole batches there (see :mod:`ssl_hpc.data.a
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -53,6 +53,21 @@ class LabeledDataset:
     val: ImageSplit
     test: ImageSplit
     class_names: tuple[str, ...]
+    # Optional region masks (image folders with lung masks): split -> uint8/bool [N, 1, H, W], paired
+    # with the split's images by index. Not part of equality or the repr.
+    masks: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.masks is None:
+            return
+        for split, mask in self.masks.items():
+            images = getattr(self, split, None)
+            if not isinstance(images, ImageSplit):
+                raise ValueError(f"masks for unknown split {split!r}; accepted: train, val, test")
+            expected = (len(images), 1, *images.images.shape[-2:])
+            if mask.dtype not in (torch.uint8, torch.bool) or tuple(mask.shape) != expected:
+                raise ValueError(f"{split} masks must be uint8/bool {list(expected)}, got {mask.dtype} "
+                                 f"{list(mask.shape)}")
 
     @property
     def num_classes(self) -> int:

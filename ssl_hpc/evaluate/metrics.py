@@ -9,7 +9,7 @@ moyenne", i.e. balanced accuracy (the mean of per-class recalls).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, roc_auc_score
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
 
 def medmnist_auc(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -50,8 +50,12 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, prefix: str = 
                                             zero_division=0)),
         f"{prefix}kappa": float(cohen_kappa_score(labels, predictions, labels=np.arange(num_classes))),
     }
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, predictions, labels=np.arange(num_classes),
+                                                               zero_division=0)
     for index, value in enumerate(class_accuracy):
-        metrics[f"{prefix}acc_class_{index}"] = float(value)
+        metrics[f"{prefix}acc_class_{index}"] = float(value)  # = recall; named as the thesis's tables
+        metrics[f"{prefix}precision_class_{index}"] = float(precision[index])
+        metrics[f"{prefix}f1_class_{index}"] = float(f1[index])
     return metrics
 
 

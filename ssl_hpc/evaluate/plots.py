@@ -12,22 +12,30 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def draw_confusion_matrix(axes, matrix: np.ndarray, class_names: Sequence[str], title: str = "",
+                          compact: bool = False) -> None:
+    """One confusion matrix on ``axes``: colours are row shares, each cell shows its count (and its
+    row share unless ``compact``, for panels of a grid with many classes)."""
+    matrix = np.asarray(matrix)
+    shares = np.divide(matrix, np.maximum(matrix.sum(axis=1, keepdims=True), 1))
+    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    font = 6 if compact else 8
+    for (row, column), count in np.ndenumerate(matrix):
+        colour = "white" if shares[row, column] > 0.5 else "black"
+        text = f"{count}" if compact else f"{count}\n{100 * shares[row, column]:.1f}%"
+        axes.text(column, row, text, ha="center", va="center", color=colour, fontsize=font)
+    ticks = np.arange(len(class_names))
+    axes.set_xticks(ticks, labels=class_names, rotation=45, ha="right", fontsize=font)
+    axes.set_yticks(ticks, labels=class_names, fontsize=font)
+    axes.set_xlabel("predicted", fontsize=font + 1)
+    axes.set_ylabel("true", fontsize=font + 1)
+    axes.set_title(title, fontsize=font + 2)
+
+
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> Path:
     size = max(4.0, 0.6 * len(class_names) + 2.5)
     figure, axes = plt.subplots(figsize=(size, size))
-    row_sums = matrix.sum(axis=1, keepdims=True)
-    shares = np.divide(matrix, np.maximum(row_sums, 1))
-    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    for (row, column), count in np.ndenumerate(matrix):
-        colour = "white" if shares[row, column] > 0.5 else "black"
-        axes.text(column, row, f"{count}\n{100 * shares[row, column]:.1f}%", ha="center", va="center",
-                  color=colour, fontsize=8)
-    ticks = np.arange(len(class_names))
-    axes.set_xticks(ticks, labels=class_names, rotation=45, ha="right")
-    axes.set_yticks(ticks, labels=class_names)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(title or "confusion matrix (test)")
+    draw_confusion_matrix(axes, matrix, class_names, title or "confusion matrix (test)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

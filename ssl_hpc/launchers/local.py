@@ -19,7 +19,7 @@ def run_local(jobs: list[Job], context: RunContext) -> dict[str, str]:
     Outcomes: ``finished``, ``skipped`` (already FINISHED in MLflow), ``busy`` (another process holds
     it), ``failed``, ``blocked`` (a dependency did not finish).
     """
-    cache = DatasetCache(context.data_root)
+    cache = DatasetCache(context.data_root, context.datasets)
     outcomes: dict[str, str] = {}
     with tqdm(total=len(jobs), desc=context.sweep_name, unit="job", disable=not context.progress) as bar:
         for job in order_jobs(jobs):

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import timm
 import torch
 import torchvision
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 
@@ -55,18 +55,21 @@ class BackboneRequest:
     image_size: int
     stem: str = "imagenet"
     patch_size: int | None = None
+    vit_pool: str = "token"
 
 
 BackboneBuilder = Callable[[BackboneRequest], Backbone]
 BACKBONES: dict[str, BackboneBuilder] = {}
+BACKBONE_FAMILIES: dict[str, str] = {}  # known before building, so configs can be checked cheaply
 HALF = (0.5,)
 
 
-def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+def register_backbone(name: str, family: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
     def decorator(builder: BackboneBuilder) -> BackboneBuilder:
         if name in BACKBONES:
             raise ValueError(f"backbone {name!r} registered twice")
         BACKBONES[name] = builder
+        BACKBONE_FAMILIES[name] = family
         return builder
 
     return decorator
@@ -114,10 +117,18 @@ for _name, _factory in {
     "resnet34": torchvision.models.resnet34,
     "resnet50": torchvision.models.resnet50,
 }.items():
-    register_backbone(_name)(lambda request, _factory=_factory: _resnet(_factory, request))
+    register_backbone(_name, "resnet")(lambda request, _factory=_factory: _resnet(_factory, request))
 
 
 # --------------------------------------------------------------------------- ViTs (timm)
+
+VIT_ARCHITECTURES: dict[str, dict[str, int]] = {
+    # A 4-block ViT for 28-64 px experiments on a CPU or a small budget (smoke sweeps, tests).
+    "vit_mini": {"embed_dim": 128, "depth": 4, "num_heads": 4},
+    "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+    "vit_small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+}
 
 
 def default_patch_size(image_size: int) -> int:
@@ -129,16 +140,29 @@ def default_patch_size(image_size: int) -> int:
     return 16
 
 
-def vit_body(timm_name: str, request: BackboneRequest, **overrides) -> timm.models.VisionTransformer:
+def vit_kwargs(name: str, request: BackboneRequest) -> dict:
+    """The timm ``VisionTransformer`` arguments of a registered ViT for this input.
+
+    ``vit_pool="avg"`` drops the class token (AIM's causal pretraining has none), ``"token"``
+    keeps it; pretraining and fine-tuning build the same arguments, so weights carry over.
+    """
     patch = request.patch_size or default_patch_size(request.image_size)
     if request.image_size % patch:
         raise ValueError(f"image size {request.image_size} is not a multiple of the ViT patch size {patch}")
-    return timm.create_model(timm_name, pretrained=False, img_size=request.image_size, patch_size=patch,
-                             in_chans=request.in_channels, num_classes=0, **overrides)
+    return dict(
+        img_size=request.image_size,
+        patch_size=patch,
+        in_chans=request.in_channels,
+        num_classes=0,
+        class_token=request.vit_pool == "token",
+        global_pool=request.vit_pool,
+        no_embed_class=request.vit_pool == "avg",
+        **VIT_ARCHITECTURES[name],
+    )
 
 
-def vit_info(body: timm.models.VisionTransformer, in_channels: int) -> BackboneInfo:
-    return BackboneInfo(
+def vit_backbone(body: VisionTransformer, in_channels: int) -> Backbone:
+    info = BackboneInfo(
         num_features=body.num_features,
         stages=tuple(f"blocks.{index}" for index in range(len(body.blocks))),
         cam_layer=f"blocks.{len(body.blocks) - 1}.norm1",
@@ -148,16 +172,18 @@ def vit_info(body: timm.models.VisionTransformer, in_channels: int) -> BackboneI
         token_grid=tuple(body.patch_embed.grid_size),
         prefix_tokens=body.num_prefix_tokens,
     )
+    return Backbone(body, info)
 
 
-def _vit(timm_name: str, request: BackboneRequest) -> Backbone:
-    body = vit_body(timm_name, request)
-    return Backbone(body, vit_info(body, request.in_channels))
+for _name in VIT_ARCHITECTURES:
+    register_backbone(_name, "vit")(
+        lambda request, _name=_name: vit_backbone(VisionTransformer(**vit_kwargs(_name, request)), request.in_channels)
+    )
 
 
-for _name, _timm_name in {
-    "vit_tiny": "vit_tiny_patch16_224",
-    "vit_small": "vit_small_patch16_224",
-    "vit_base": "vit_base_patch16_224",
-}.items():
-    register_backbone(_name)(lambda request, _timm_name=_timm_name: _vit(_timm_name, request))
+def _register_more() -> None:
+    """Backbone families living in their own modules register themselves on import."""
+    from ssl_hpc.models import cnn, timm_backbones  # noqa: F401
+
+
+_register_more()

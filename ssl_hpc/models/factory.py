@@ -7,20 +7,31 @@ import torch
 from ssl_hpc.config import RunConfig
 from ssl_hpc.models.backbones import Backbone, BackboneRequest, build_backbone
 from ssl_hpc.models.classifier import Classifier, Preprocess, build_head
+from ssl_hpc.models.pretrained import load_pretrained
 
 
 def backbone_channels(config: RunConfig, dataset_channels: int) -> int:
-    return 3 if config.data.to_rgb else dataset_channels
+    """ImageNet weights need 3 channels: a grayscale dataset is then expanded on the fly."""
+    return 3 if config.data.to_rgb or config.model.pretrained_weights else dataset_channels
 
 
-def build_backbone_for(config: RunConfig, dataset_channels: int) -> Backbone:
-    request = BackboneRequest(
+def backbone_request(config: RunConfig, dataset_channels: int) -> BackboneRequest:
+    return BackboneRequest(
         in_channels=backbone_channels(config, dataset_channels),
         image_size=config.model.input_size or config.size,
         stem=config.model.stem,
         patch_size=config.model.vit_patch_size,
+        vit_pool=config.model.vit_pool,
     )
-    return build_backbone(config.backbone, request)
+
+
+def build_backbone_for(config: RunConfig, dataset_channels: int) -> Backbone:
+    """The run's backbone: random, or with the pretrained weights the model settings name."""
+    request = backbone_request(config, dataset_channels)
+    backbone = build_backbone(config.backbone, request)
+    if config.model.pretrained_weights:
+        backbone = load_pretrained(backbone, config.backbone, config.model.pretrained_weights, request)
+    return backbone
 
 
 def preprocess_for(config: RunConfig, backbone: Backbone, dataset_channels: int) -> Preprocess:

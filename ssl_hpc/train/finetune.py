@@ -20,8 +20,20 @@ from ssl_hpc.models.classifier import Classifier
 TRAINED_MODES = ("frozen", "partial", "end_to_end")
 
 
-def configure_trainable(model: Classifier, mode: str, trainable_last: int = 1) -> list[str]:
-    """Sets ``requires_grad`` for ``mode``; returns the names of the backbone stages left trainable."""
+def configure_trainable(
+    model: Classifier,
+    mode: str,
+    trainable_last: int = 1,
+    trainable_layers: int | None = None,
+    trainable_from: str | None = None,
+) -> list[str]:
+    """Sets ``requires_grad`` for ``mode``; returns the backbone modules left trainable.
+
+    ``partial`` opens, in this order of precedence: everything from the module named
+    ``trainable_from`` on (e.g. VGG-19's ``features.34``, the report's ``block5_conv4``); the last
+    ``trainable_layers`` layers with weights (the Keras-style count of the reports, BatchNorm
+    included); or the last ``trainable_last`` stages. The head always trains.
+    """
     if mode not in TRAINED_MODES:
         raise ValueError(f"unknown fine-tune mode {mode!r}; accepted: {', '.join(TRAINED_MODES)}")
     model.requires_grad_(True)
@@ -30,22 +42,45 @@ def configure_trainable(model: Classifier, mode: str, trainable_last: int = 1) -
     model.backbone.requires_grad_(False)
     if mode == "frozen":
         return []
-    stages = list(model.backbone.info.stages)
-    if not 1 <= trainable_last <= len(stages):
-        raise ValueError(f"trainable_last={trainable_last} but the backbone has {len(stages)} stages: {stages}")
-    opened = stages[-trainable_last:]
+    body = model.backbone.body
+    layers = [name for name, module in body.named_modules() if any(True for _ in module.parameters(recurse=False))]
+    if trainable_from is not None:
+        opened = modules_from(body, trainable_from)
+    elif trainable_layers is not None:
+        if not 1 <= trainable_layers <= len(layers):
+            raise ValueError(f"trainable_layers={trainable_layers} but the backbone has {len(layers)} layers with weights")
+        opened = layers[-trainable_layers:]
+    else:
+        stages = list(model.backbone.info.stages)
+        if not 1 <= trainable_last <= len(stages):
+            raise ValueError(f"trainable_last={trainable_last} but the backbone has {len(stages)} stages: {stages}")
+        opened = modules_from(body, stages[-trainable_last])
     for name in opened:
-        model.backbone.body.get_submodule(name).requires_grad_(True)
+        body.get_submodule(name).requires_grad_(True)
     return opened
 
 
-def set_train_mode(model: Classifier, opened_stages: list[str]) -> None:
+def modules_from(body: nn.Module, first: str) -> list[str]:
+    """The modules with weights from ``first`` on, in the network's order."""
+    names = [name for name, _ in body.named_modules()]
+    if first not in names:
+        raise ValueError(f"no module {first!r} in the backbone; e.g. {', '.join(n for n in names[1:12] if n)} ...")
+    started = False
+    opened = []
+    for name, module in body.named_modules():
+        started = started or name == first
+        if started and any(True for _ in module.parameters(recurse=False)):
+            opened.append(name)
+    return opened
+
+
+def set_train_mode(model: Classifier, opened: list[str]) -> None:
     """Training mode only where weights train: frozen parts keep their BatchNorm statistics."""
     model.train()
-    if opened_stages == ["*"]:
+    if opened == ["*"]:
         return
     model.backbone.eval()
-    for name in opened_stages:
+    for name in opened:  # modules with weights of their own (convolutions, norms, linears)
         model.backbone.body.get_submodule(name).train()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import torch
 from ssl_hpc.data.augment import classification_augmentation
 from ssl_hpc.data.class_weights import class_counts, class_weights
 from ssl_hpc.data.loading import DatasetCache
+from ssl_hpc.data.splits import ImageSplit, LabeledDataset
 from ssl_hpc.data.subsets import label_subset
+from ssl_hpc.evaluate.knn import extract_features, knn_probs
 from ssl_hpc.evaluate.metrics import classification_metrics, confusion
 from ssl_hpc.evaluate.plots import plot_confusion_matrix, plot_curves
 from ssl_hpc.evaluate.predict import predict_logits, softmax_numpy
@@ -28,6 +31,7 @@ def run_finetune(handle: RunHandle, cache: DatasetCache) -> None:
     assert settings is not None and config.finetune is not None
     device = handle.precision.device
     dataset = cache.get(config.dataset, config.size, download=config.data.download)
+    log_leakage(handle, cache)
 
     labelled = label_subset(
         dataset.train.labels.numpy(), seed=config.seed, fraction=config.label_fraction,
@@ -35,23 +39,81 @@ def run_finetune(handle: RunHandle, cache: DatasetCache) -> None:
     )
     train = dataset.train.subset(torch.from_numpy(labelled)).to(device)
     val, test = dataset.val.to(device), dataset.test.to(device)
-    counts = class_counts(train.labels.cpu().numpy(), dataset.num_classes)
-    weights = class_weights(config.class_weight or "none", counts, beta=settings.effective_number_beta)
-
     backbone_state = load_pretrained_backbone(handle) if config.pretrain_key else None
     model = build_classifier(config, dataset.num_classes, dataset.channels, backbone_state)
-    opened = configure_trainable(model, config.finetune, settings.trainable_last)
-    model = handle.precision.prepare(model)
-    handle.tracker.set_tags(handle.run_id, {
-        "n_labels": str(len(train)),
-        "trainable_params": str(count_trainable(model)),
-        "class_names": ",".join(dataset.class_names),
-    })
-    if weights is not None:
-        handle.tracker.set_tags(handle.run_id, {"class_weights": ",".join(f"{w:.4f}" for w in weights)})
+    handle.tracker.set_tags(handle.run_id, {"n_labels": str(len(train)), "class_names": ",".join(dataset.class_names)})
 
+    if config.finetune == "knn":
+        model = handle.precision.prepare(model)
+        history, best_epoch, seconds, val_probs, test_probs = knn_predictions(model, train, val, test, dataset.num_classes,
+                                                                             settings.knn_k, handle)
+    else:
+        history, best_epoch, seconds = train_classifier(handle, model, train, val, dataset)
+        eval_batch = handle.context.runtime.eval_batch_size
+        test_probs = softmax_numpy(predict_logits(model, test.images, eval_batch, handle.precision.autocast))
+        val_probs = softmax_numpy(predict_logits(model, val.images, eval_batch, handle.precision.autocast))
+
+    test_labels, val_labels = test.labels.cpu().numpy(), val.labels.cpu().numpy()
+    metrics = classification_metrics(test_labels, test_probs)
+    metrics["best_epoch"] = float(best_epoch if best_epoch is not None else -1)
+    metrics["train_seconds"] = seconds
+    handle.tracker.log_metrics(handle.run_id, metrics)
+    predictions = {
+        "test": Predictions(test_probs, test_labels, dataset.test.digest()),
+        "val": Predictions(val_probs, val_labels, dataset.val.digest()),
+    }
+    log_prediction_artifacts(handle, dataset.class_names, predictions, history, best_epoch, model.state_dict())
+    log_cams(handle, model, test, test_probs, dataset)
+
+
+def log_cams(handle: RunHandle, model, test: ImageSplit, probs: np.ndarray, dataset: LabeledDataset) -> None:
+    """Where the model looks (CAM figures under ``cam/``) and how faithful those maps are (``cam_*``)."""
+    settings = handle.context.cam
+    if not settings.enabled or handle.job.config.finetune == "knn":  # a k-NN vote has no head to explain
+        return
+    from ssl_hpc.explain import explain_classifier
+
+    masks = dataset.masks.get("test") if dataset.masks else None
+    metrics, paths = explain_classifier(model, test, probs, dataset.class_names, settings,
+                                        handle.artifact_dir() / "cam", handle.precision.device, masks=masks)
+    handle.tracker.log_metrics(handle.run_id, metrics)
+    handle.log_artifacts(paths, "cam")
+
+
+def log_leakage(handle: RunHandle, cache: DatasetCache) -> None:
+    """The leakage guard, before any training: near-duplicates across splits are counted and logged,
+    or stop the run (``data.duplicates: error``)."""
+    config = handle.job.config
+    report = cache.leakage(config.dataset, config.size, config.data.duplicates, config.data.duplicate_threshold,
+                           config.data.duplicate_min_correlation, download=config.data.download)
+    if report is None:
+        return
+    handle.tracker.log_metrics(handle.run_id, report.as_metrics())
+    folder = handle.artifact_dir()
+    report.as_table().to_csv(folder / "duplicates.csv", index=False)
+    paths = [folder / "duplicates.csv"]
+    if not report.clean:
+        report.pairs_table(cache.files(config.dataset)).to_csv(folder / "duplicate_pairs.csv", index=False)
+        paths.append(folder / "duplicate_pairs.csv")
+    handle.log_artifacts(paths, "leakage")
+
+
+def train_classifier(handle: RunHandle, model, train: ImageSplit, val: ImageSplit, dataset: LabeledDataset):
+    """Trains the head (and whatever the mode opens); leaves ``model`` at its kept epoch."""
+    config = handle.job.config
+    settings = config.finetune_settings
+    counts = class_counts(train.labels.cpu().numpy(), dataset.num_classes)
+    weights = class_weights(config.class_weight or "none", counts, beta=settings.effective_number_beta,
+                            class_names=dataset.class_names)
+    opened = configure_trainable(model, config.finetune, settings.trainable_last, settings.trainable_layers,
+                                 settings.trainable_from)
+    model = handle.precision.prepare(model)
+    tags = {"trainable_params": str(count_trainable(model))}
+    if weights is not None:
+        tags["class_weights"] = ",".join(f"{w:.4f}" for w in weights)
+    handle.tracker.set_tags(handle.run_id, tags)
     task = ClassificationTask(
-        model, opened, val, class_weight_tensor(weights, device),
+        model, opened, val, class_weight_tensor(weights, handle.precision.device),
         classification_augmentation(settings.augment, dataset.image_size), handle.context.runtime.eval_batch_size,
     )
     result = fit(
@@ -62,21 +124,24 @@ def run_finetune(handle: RunHandle, cache: DatasetCache) -> None:
     )
     if result.best_state is not None:
         model.load_state_dict(result.best_state)
+    seconds = sum(entry["epoch_seconds"] for entry in result.history)  # over every attempt
+    return result.history, result.best_epoch, seconds
 
-    eval_batch = handle.context.runtime.eval_batch_size
-    test_probs = softmax_numpy(predict_logits(model, test.images, eval_batch, handle.precision.autocast))
-    val_probs = softmax_numpy(predict_logits(model, val.images, eval_batch, handle.precision.autocast))
-    test_labels, val_labels = test.labels.cpu().numpy(), val.labels.cpu().numpy()
-    metrics = classification_metrics(test_labels, test_probs)
-    metrics["best_epoch"] = float(result.best_epoch if result.best_epoch is not None else -1)
-    metrics["train_seconds"] = sum(entry["epoch_seconds"] for entry in result.history)  # over every attempt
-    handle.tracker.log_metrics(handle.run_id, metrics)
-    predictions = {
-        "test": Predictions(test_probs, test_labels, dataset.test.digest()),
-        "val": Predictions(val_probs, val_labels, dataset.val.digest()),
-    }
-    log_prediction_artifacts(handle, dataset.class_names, predictions, result.history, result.best_epoch,
-                             model.state_dict())
+
+def knn_predictions(model, train: ImageSplit, val: ImageSplit, test: ImageSplit, num_classes: int, k: int,
+                    handle: RunHandle):
+    """k-NN on the frozen backbone's features: no optimiser, no epochs."""
+    started = time.perf_counter()
+    handle.tracker.set_tags(handle.run_id, {"trainable_params": "0"})
+    encoder = torch.nn.Sequential(model.preprocess, model.backbone)
+    batch = handle.context.runtime.eval_batch_size
+    bank = extract_features(encoder, train.images, batch)
+    val_probs, test_probs = (
+        knn_probs(bank, train.labels, extract_features(encoder, split.images, batch), num_classes, k)
+        .cpu().numpy().astype(np.float64)
+        for split in (val, test)
+    )
+    return [], None, time.perf_counter() - started, val_probs, test_probs
 
 
 @dataclass(frozen=True)
@@ -104,11 +169,12 @@ def log_prediction_artifacts(handle: RunHandle, class_names, predictions: dict[s
     paths = [
         folder / "confusion_matrix.csv",
         plot_confusion_matrix(matrix, class_names, folder / "confusion_matrix.png", title=title),
-        plot_curves(history, folder / "curves.png", title=title, best_epoch=best_epoch),
         predictions["test"].save(folder / "test_probs.npz"),
         predictions["val"].save(folder / "val_probs.npz"),
         save_model(state, folder / "model.pt"),
     ]
+    if history:
+        paths.append(plot_curves(history, folder / "curves.png", title=title, best_epoch=best_epoch))
     handle.log_artifacts(paths)
 
 

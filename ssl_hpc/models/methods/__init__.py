@@ -1,43 +1,31 @@
-"""The method registry: every training method a sweep can name in ``grid.method``.
+"""Training methods, one small module each, all registered in :data:`METHODS`.
 
-A method says whether it needs a pretraining stage, its default settings (the thesis's where it
-gave them), and how to build its pretext module. The training loop is shared; methods plug in.
+``supervised`` is the reference model (trained with labels from scratch); every other method
+pretrains a backbone without labels, then the fine-tune stage trains it with labels.
 """
 
-from __future__ import annotations
+from ssl_hpc.models.methods.registry import METHODS, MethodSpec, register
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+register(MethodSpec(
+    name="supervised",
+    needs_pretraining=False,
+    fixed_finetune="end_to_end",
+    description="ResNet (or any backbone) trained from scratch with labels: the thesis's reference model",
+))
 
+register(MethodSpec(
+    name="imagenet",
+    needs_pretraining=False,
+    description="transfer learning: the backbone starts from ImageNet weights (timm), a new head is trained",
+    model_defaults={"pretrained_weights": "imagenet"},
+))
+register(MethodSpec(
+    name="random_init",
+    needs_pretraining=False,
+    description="a randomly initialised backbone, fine-tuned like a pretrained one: the floor any pretraining "
+                "must beat (frozen = a probe on random features)",
+))
 
-@dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    needs_pretraining: bool
-    # Methods trained end to end from the start (the supervised reference) have no fine-tune axis.
-    fixed_finetune: str | None = None
-    pretrain_defaults: dict[str, Any] = field(default_factory=dict)
-    finetune_defaults: dict[str, Any] = field(default_factory=dict)
-    build_pretext: Callable[..., Any] | None = None
-    description: str = ""
+from ssl_hpc.models.methods import aim, barlowtwins, byol, dino, mae, mocov2, rotnet, simclr  # noqa: E402,F401
 
-
-METHODS: dict[str, MethodSpec] = {}
-
-
-def register(spec: MethodSpec) -> MethodSpec:
-    if spec.name in METHODS:
-        raise ValueError(f"method {spec.name!r} registered twice")
-    METHODS[spec.name] = spec
-    return spec
-
-
-register(
-    MethodSpec(
-        name="supervised",
-        needs_pretraining=False,
-        fixed_finetune="end_to_end",
-        description="ResNet trained from scratch with labels: the thesis's reference model",
-    )
-)
+__all__ = ["METHODS", "MethodSpec", "register"]

@@ -1,0 +1,42 @@
+"""Shared by the benchmark scripts: run a sweep through the suite's own pipeline in a temporary store."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from ssl_hpc.config import apply_overrides, validate_sweep  # noqa: E402
+from ssl_hpc.data.medmnist import default_data_root  # noqa: E402
+from ssl_hpc.jobs import Job, expand_jobs  # noqa: E402
+from ssl_hpc.launchers.local import run_local  # noqa: E402
+from ssl_hpc.runner import RunContext  # noqa: E402
+from ssl_hpc.tracking import SweepTracker  # noqa: E402
+
+
+def run_sweep_in_temporary_store(raw: dict, overrides: list[str]) -> tuple[list[Job], dict[str, dict[str, float]], float]:
+    """Runs every job of the sweep locally; returns the jobs, key -> final metrics, minutes taken."""
+    sweep = validate_sweep(apply_overrides(raw, overrides), source="bench recipe")
+    jobs = expand_jobs(sweep)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{sweep.name}-") as folder:
+        context = RunContext(
+            sweep_name=sweep.name,
+            tracking_uri=f"sqlite:///{folder}/mlflow.db",
+            output_root=Path(folder) / "outputs",
+            data_root=default_data_root(sweep.data_root),
+            runtime=sweep.runtime,
+            progress=sys.stderr.isatty(),
+        )
+        started = time.perf_counter()
+        outcomes = run_local(jobs, context)
+        minutes = (time.perf_counter() - started) / 60
+        if set(outcomes.values()) != {"finished"}:
+            raise SystemExit(f"not every run finished: {outcomes}")
+        runs = SweepTracker(context.tracking_uri, sweep.name).runs_by_key()
+        metrics = {key: dict(run.data.metrics) for key, run in runs.items()}
+    return jobs, metrics, minutes

@@ -1,0 +1,63 @@
+"""The ``cam:`` section of a sweep: which CAMs, on how many images, with which quality scores.
+
+Defined on pydantic's ``BaseModel`` rather than ``ssl_hpc.config._Strict`` because
+:mod:`ssl_hpc.config` imports this module (a cycle otherwise); the model config is the same
+(unknown fields refused, instances frozen).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CamMethodName = Literal["gradcam", "gradcam++", "xgradcam", "layercam", "eigencam", "scorecam", "ablationcam"]
+
+
+class CamSettings(BaseModel):
+    """CAM figures and CAM quality scores computed at the end of every fine-tune run.
+
+    Cost is bounded whatever the size of the test split: figures use at most
+    ``images_per_class`` correct and as many incorrect test images per class, and the
+    faithfulness / localization scores use one fixed, seeded set of at most ``max_images``
+    test images (the same images for every run on the same test split, since ``seed`` is not
+    the run's seed).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    methods: list[CamMethodName] = Field(default_factory=lambda: ["gradcam"], min_length=1)
+    # A module path inside the Classifier (e.g. "backbone.body.layer3"); None -> the backbone's own
+    # CAM layer (ResNet: last block of layer4; ViT: last block's norm1; small CNNs: last conv).
+    target_layer: str | None = None
+    # Only with target_layer None: if the default layer's map is coarser than this many cells on a
+    # side (ResNet-18 with its ImageNet stem gives 1x1 at 28 px), the last block of the deepest
+    # stage that is at least this fine is used instead; 1 never falls back.
+    min_cam_grid: int = Field(4, ge=1, le=64)
+    images_per_class: int = Field(4, ge=0, le=64)
+    max_images: int = Field(64, ge=1, le=100_000)
+    seed: int = 0
+    batch_size: int = Field(64, ge=1)
+    scorecam_batch_size: int = Field(64, ge=1)
+    faithfulness: bool = True
+    road_percentiles: list[int] = Field(default_factory=lambda: [20, 40, 60, 80], min_length=1)
+    topk_percent: float = Field(10.0, gt=0, lt=100)
+    display_size: int = Field(112, ge=28, le=512)
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct_methods(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"repeated CAM methods in {values}")
+        return values
+
+    @field_validator("road_percentiles")
+    @classmethod
+    def _percentiles_in_range(cls, values: list[int]) -> list[int]:
+        for value in values:
+            if not 0 < value < 100:
+                raise ValueError(f"ROAD percentile {value} is outside (0, 100); accepted: integers 1..99")
+        if len(set(values)) != len(values):
+            raise ValueError(f"repeated ROAD percentiles in {values}")
+        return values

@@ -1,0 +1,190 @@
+"""Typed settings of the cluster backends: Slurm profiles, a sweep's ``slurm:``, ``ray:`` and ``tune:`` sections.
+
+Kept free of imports from the rest of the package so :mod:`ssl_hpc.config` can embed these sections in
+:class:`~ssl_hpc.config.SweepConfig` (and validate them with the sweep, before anything is submitted).
+
+A cluster profile (``slurm/profiles/<name>.yaml``) says what one job asks of the cluster; a sweep picks
+one with ``slurm.profile`` and may override any of its fields next to it::
+
+    slurm:
+      profile: vulkan
+      pack: 4            # any profile field: this sweep's value wins
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SBATCH_LINE = re.compile(r"^(?:#SBATCH\s+)?--(?P<key>[a-z][a-z0-9-]*)(?:[= ](?P<value>.+))?$")
+# Options the backend sets itself (arrays, dependencies, logs): a profile may not override them.
+MANAGED_SBATCH = {"array", "dependency", "output", "error", "job-name", "open-mode", "signal", "wrap", "parsable",
+                  "kill-on-invalid-dep", "requeue", "no-requeue"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AggregateResources(_Strict):
+    """The final aggregation job (``launch/aggregate.py`` after every run, ``afterany``) and what it asks for
+    (it reads MLflow and writes tables: no GPU). ``enabled: false`` submits none."""
+
+    enabled: bool = True
+    partition: str | None = None
+    cpus: int = Field(1, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    time_min: int = Field(60, gt=0)
+
+
+class SlurmProfile(_Strict):
+    """One cluster: where jobs go and what each asks for. Every field has a default; unknown fields are refused."""
+
+    description: str = ""
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus_per_job: int = Field(0, ge=0)
+    cpus_per_job: int = Field(1, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    time_min: int = Field(60, gt=0, description="time limit of one job, in minutes")
+    # USR2 is sent this long before the time limit: the job requeues itself and resumes from its last
+    # epoch checkpoint. Keep it above one epoch plus the requeue (a minute).
+    signal_delay_s: int = Field(120, ge=0)
+    max_requeues_on_timeout: int = Field(3, ge=0)
+    array_parallelism: int = Field(32, ge=1)
+    max_array_size: int | None = Field(None, ge=1, description="default: MaxArraySize of scontrol show config")
+    max_submit_jobs: int | None = Field(None, ge=1, description="jobs this user may have queued (MaxSubmitJobs)")
+    pack: int = Field(1, ge=1, description="runs sharing one allocation (and its GPU)")
+    extra_sbatch: list[str] = []
+    setup: list[str] = []
+    python: str | None = None
+    # Every job runs on this machine (slurm/local): a SQLite store or a 127.0.0.1 tracking server is then
+    # reachable and safe. Otherwise jobs must log to a tracking server the nodes can reach.
+    single_node: bool = False
+    aggregate: AggregateResources = AggregateResources()
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _sbatch_lines(cls, values: list[str]) -> list[str]:
+        for value in values:
+            match = _SBATCH_LINE.match(value.strip())
+            if match is None:
+                raise ValueError(f"{value!r} is not an sbatch option; write it as '--name=value' or '#SBATCH --name=value'")
+            if match["key"] in MANAGED_SBATCH:
+                raise ValueError(f"--{match['key']} is set by the backend itself; accepted: any other sbatch option")
+        return values
+
+    def sbatch_options(self) -> dict[str, Any]:
+        """``extra_sbatch`` as submitit's ``additional_parameters`` (``{"reservation": "x", "exclusive": True}``)."""
+        options: dict[str, Any] = {}
+        for value in self.extra_sbatch:
+            match = _SBATCH_LINE.match(value.strip())
+            assert match is not None
+            options[match["key"]] = match["value"].strip() if match["value"] else True
+        return options
+
+
+class SlurmSettings(BaseModel):
+    """A sweep's ``slurm:`` section: the profile's name (or a path to a profile YAML) and overrides of its fields."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    profile: str | None = None
+
+    @model_validator(mode="after")
+    def _known_overrides(self) -> SlurmSettings:
+        extra = dict(self.model_extra or {})
+        unknown = sorted(set(extra) - set(SlurmProfile.model_fields))
+        if unknown:
+            raise ValueError(f"unknown field slurm.{unknown[0]}; accepted: profile, "
+                             f"{', '.join(SlurmProfile.model_fields)}")
+        try:
+            SlurmProfile(**extra)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"slurm.{field}: {first['msg']}") from None
+        return self
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RaySettings(_Strict):
+    """``--backend ray``: where the Ray cluster is and what each run asks of it.
+
+    ``address: null`` starts a private local instance (bound to 127.0.0.1) and stops it afterwards;
+    ``auto`` joins the instance this machine belongs to (e.g. one started inside a Slurm allocation);
+    ``ray://host:10001`` a remote one.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local instance (default: all)")
+    num_gpus: int | None = Field(None, ge=0, description="GPUs of a local instance (default: all visible)")
+    cpus_per_job: float = Field(1.0, gt=0)
+    gpus_per_job: float = Field(0.0, ge=0, description="fractional: 0.25 puts four runs on one GPU")
+    max_retries: int = Field(2, ge=0, description="re-runs of a task whose worker died (not of an exception)")
+
+
+class Distribution(_Strict):
+    """One dimension of a Tune search space: exactly one of these."""
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Distribution:
+        given = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(type(self).model_fields)}; got {given or 'none'}")
+        kind = given[0]
+        value = getattr(self, kind)
+        if kind == "choice":
+            if not value:
+                raise ValueError("choice needs at least one value")
+        elif not value[0] < value[1]:
+            raise ValueError(f"{kind}: the lower bound must be below the upper bound, got {list(value)}")
+        elif kind == "loguniform" and value[0] <= 0:
+            raise ValueError(f"loguniform bounds must be positive, got {list(value)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in type(self).model_fields if getattr(self, name) is not None)
+
+
+class AshaSettings(_Strict):
+    grace_period: int = Field(1, ge=1)
+    max_t: int | None = Field(None, ge=1, description="default: the fine-tune epochs")
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class SchedulerSettings(_Strict):
+    asha: AshaSettings | None = None
+
+
+class TuneSettings(_Strict):
+    """``launch/tune.py``: a hyperparameter search over dotted sweep fields, one MLflow run per trial."""
+
+    metric: Literal["val_acc", "val_loss", "val_balanced_acc", "val_auc", "train_loss"] = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(4, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    seed: int | None = None
+    space: dict[str, Distribution]
+    scheduler: SchedulerSettings = SchedulerSettings(asha=AshaSettings())
+
+    @field_validator("space")
+    @classmethod
+    def _not_empty(cls, values: dict[str, Distribution]) -> dict[str, Distribution]:
+        if not values:
+            raise ValueError("the search space needs at least one dotted field, e.g. finetune.lr")
+        return values

@@ -1,0 +1,139 @@
+"""Every pretext method learns on a fixed batch; views differ; weights carry over to fine-tuning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssl_hpc.data.augment import view_augmentation
+from ssl_hpc.evaluate.knn import knn_probs
+from ssl_hpc.models.backbones import BackboneRequest, build_backbone
+from ssl_hpc.models.classifier import Preprocess
+from ssl_hpc.models.methods import METHODS
+from ssl_hpc.models.methods.rotnet import rotated_batch
+from ssl_hpc.train.pretrain import PretextTask
+from ssl_hpc.config import PretrainSettings
+
+PRETEXT = sorted(name for name, spec in METHODS.items() if spec.needs_pretraining)
+SIZE = 28
+
+
+def fixed_batch(n: int = 32, seed: int = 0) -> torch.Tensor:
+    """Structured grayscale images (blobs at random places), uint8 [n, 1, 28, 28]."""
+    generator = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    centres = torch.randint(6, SIZE - 6, (n, 2, 2), generator=generator)
+    images = torch.zeros(n, 1, SIZE, SIZE)
+    for blob in range(2):
+        cy, cx = centres[:, blob, 0].view(-1, 1, 1), centres[:, blob, 1].view(-1, 1, 1)
+        images[:, 0] += torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (8.0 + 8 * blob))
+    return (255 * images / images.amax(dim=(1, 2, 3), keepdim=True)).to(torch.uint8)
+
+
+def make_task(method: str, seed: int = 0) -> PretextTask:
+    torch.manual_seed(seed)
+    spec = METHODS[method]
+    backbone = "vit_mini" if spec.backbone_families == ("vit",) else "resnet18"
+    request = BackboneRequest(in_channels=1, image_size=SIZE, stem="imagenet",
+                              vit_pool=spec.model_defaults.get("vit_pool", "token"))
+    settings = PretrainSettings(**spec.pretrain_defaults, epochs=10)
+    model = spec.build_pretext(backbone, request, settings)
+    preprocess = Preprocess(1, 1, model.backbone.info.mean, model.backbone.info.std)
+    augment = view_augmentation(spec.view_preset, SIZE, 1)
+    return PretextTask(model, preprocess, augment, spec.views)
+
+
+def pretext_loss(task: PretextTask, images: torch.Tensor, state: dict, seeds=(11, 12, 13)) -> float:
+    """The loss of the weights in ``state`` on the fixed batch with fixed views (the same
+    augmentation draws every time); ``state`` is reloaded before each draw because a forward pass
+    moves memory banks and centres."""
+    values = []
+    with torch.no_grad():
+        for seed in seeds:
+            task.module.load_state_dict(state)
+            torch.manual_seed(seed)
+            values.append(float(task.loss(images, torch.zeros(len(images), dtype=torch.long))))
+    return sum(values) / len(values)
+
+
+def snapshot(module: torch.nn.Module) -> dict:
+    return {name: tensor.clone() for name, tensor in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", PRETEXT)
+def test_a_few_steps_on_a_fixed_batch_lower_the_pretext_loss(method):
+    images = fixed_batch()
+    task = make_task(method)
+    task.set_train_mode()
+    initial = snapshot(task.module)
+    optimizer = torch.optim.AdamW(task.param_groups(), lr=1e-3)
+    steps = 12
+    for step in range(steps):
+        torch.manual_seed(100 + step)
+        loss = task.loss(images, torch.zeros(len(images), dtype=torch.long))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        task.after_step((step + 1) / steps)
+    trained = snapshot(task.module)
+    # Judge both weight sets against the same loss state (MoCo's memory bank, DINO's centre): the
+    # one training left, so only the weights differ.
+    loss_state = {name: tensor for name, tensor in trained.items() if name.startswith("criterion.")}
+    before = pretext_loss(task, images, {**initial, **loss_state})
+    after = pretext_loss(task, images, trained)
+    assert after < before, f"{method}: pretext loss {before:.4f} -> {after:.4f}"
+
+
+@pytest.mark.parametrize("preset,channels", [("contrastive", 1), ("contrastive", 3), ("crop_flip", 1)])
+def test_two_views_of_one_image_differ_and_views_differ_across_the_batch(preset, channels):
+    torch.manual_seed(0)
+    one = fixed_batch(1)[0].float() / 255
+    batch = one.expand(16, channels, SIZE, SIZE).contiguous()  # sixteen copies of the same image
+    augment = view_augmentation(preset, SIZE, channels)
+    first, second = augment(batch), augment(batch)
+    assert all(not torch.allclose(first[i], second[i]) for i in range(16))  # two views of an image differ
+    distinct = {tuple(first[i].flatten()[:64].tolist()) for i in range(16)}
+    assert len(distinct) == 16  # random per sample, not one draw for the whole batch
+
+
+def test_pretext_task_makes_the_method_s_number_of_views():
+    images = fixed_batch(4)
+    assert len(make_task("simclr").make_views(images)) == 2
+    assert len(make_task("rotnet").make_views(images)) == 1
+
+
+def test_rotations_cover_the_four_angles():
+    images = fixed_batch(3).float()
+    rotated, labels = rotated_batch(images)
+    assert rotated.shape[0] == 12 and labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    assert torch.equal(rotated[3:6], torch.rot90(images, 1, dims=(2, 3)))
+
+
+def test_aim_weights_load_into_the_plain_vit_used_for_fine_tuning():
+    task = make_task("aim")
+    plain = build_backbone("vit_mini", BackboneRequest(1, SIZE, vit_pool="avg"))
+    plain.load_state_dict(task.module.backbone.state_dict())  # strict: same keys, same shapes
+    images = torch.rand(2, 1, SIZE, SIZE)
+    task.module.backbone.eval(), plain.eval()
+    causal = task.module.backbone.body.forward_features(images)  # without a mask: bidirectional attention
+    assert torch.allclose(causal, plain.body.forward_features(images), atol=1e-5)
+
+
+def test_mae_trains_the_backbone_s_own_weights():
+    task = make_task("mae")
+    before = {name: tensor.clone() for name, tensor in task.module.backbone.state_dict().items()}
+    loss = task.loss(fixed_batch(8), torch.zeros(8, dtype=torch.long))
+    loss.backward()
+    torch.optim.SGD(task.param_groups(), lr=0.1).step()
+    changed = [name for name, tensor in task.module.backbone.state_dict().items() if not torch.equal(before[name], tensor)]
+    assert any(name.startswith("body.blocks.0.") for name in changed)
+
+
+def test_knn_votes_for_the_nearest_class():
+    bank = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]), dim=1)
+    labels = torch.tensor([0, 0, 1, 1])
+    queries = torch.nn.functional.normalize(torch.tensor([[1.0, 0.05], [0.05, 1.0]]), dim=1)
+    probs = knn_probs(bank, labels, queries, num_classes=3, k=3)
+    assert probs.argmax(dim=1).tolist() == [0, 1]
+    assert torch.allclose(probs.sum(dim=1), torch.ones(2))
+    assert (probs[:, 2] == 0).all()
