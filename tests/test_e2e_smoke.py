@@ -20,10 +20,11 @@ TAGS = ("sweep", "key", "stage", "method", "backbone", "dataset", "label_fractio
 ARTIFACTS = {"confusion_matrix.csv", "confusion_matrix.png", "test_probs.npz", "val_probs.npz", "curves.png", "model.pt"}
 
 
-def runs_of(tracking_uri: str, experiment: str):
+def runs_of(tracking_uri: str, experiment: str, stage: str = "finetune"):
+    """The experiment's runs of one stage (the sweep's last step adds a ``stage=aggregate`` run)."""
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    return client, (client.search_runs([found.experiment_id]) if found else [])
+    return client, (client.search_runs([found.experiment_id], f"tags.stage = '{stage}'") if found else [])
 
 
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -66,6 +67,8 @@ def test_smoke_sweep_runs_then_reruns_nothing(tmp_path, data_root, tracking_uri)
     client, again = runs_of(tracking_uri, "smoke")
     assert {run.info.run_id for run in again} == set(before)
     assert {run.info.run_id: histories(client, run.info.run_id) for run in again} == before
+    _, aggregate = runs_of(tracking_uri, "smoke", stage="aggregate")
+    assert len(aggregate) == 1  # the re-run replaced the tables, it did not add a second aggregate run
 
     status = run_sweep_cli(["sweeps/smoke.yaml", "--status", "--set", f"output_dir={outputs}", "--set", f"results_dir={tmp_path / 'results'}"], env)
     assert status.returncode == 0

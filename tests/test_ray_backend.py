@@ -20,7 +20,7 @@ PLACE_TAGS = {"ray_node_id", "mlflow.user", "mlflow.source.name", "mlflow.source
 def snapshot(tracking_uri: str) -> dict[str, dict]:
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("smoke")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id], "tags.stage != 'aggregate'")  # tables, not training
     result = {}
     for run in runs:
         histories = {name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]

@@ -47,7 +47,7 @@ def store(tmp_path, monkeypatch) -> str:
 def only_run(uri: str):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("transfer")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'finetune'")
     assert len(runs) == 1
     return client, runs[0]
 
