@@ -45,6 +45,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ class RunRecord:
             size=tags.get("size", "28"), label_fraction=tags.get("label_fraction", "?"),
             class_weight=tags.get("class_weight", "none"), finetune=tags.get("finetune", "?"),
             seed=int(tags.get("seed", "0")), metrics=dict(run.data.metrics),
-            class_names=[name for name in tags.get("class_names", "").split(",") if name],
+            class_names=parse_class_names(tags.get("class_names", "")),
             n_labels=float(n_labels) if n_labels not in (None, "") else math.nan,
             device=tags.get("device", "cpu"), pretrain_key=tags.get("pretrain_key") or None,
             end_time=int(run.info.end_time or run.info.start_time or 0),
@@ -146,6 +147,16 @@ class RunRecord:
             else:
                 gpu += seconds / 3600
         return gpu, cpu
+
+
+def parse_class_names(tag: str) -> list[str]:
+    """The ``class_names`` tag: a JSON list (BloodMNIST's names contain commas); older runs joined them with
+    commas."""
+    try:
+        names = json.loads(tag)
+    except ValueError:
+        return [name for name in tag.split(",") if name]
+    return [str(name) for name in names] if isinstance(names, list) else []
 
 
 def finished_finetune_runs(tracker: SweepTracker) -> list[Run]:
@@ -802,17 +813,20 @@ def aggregate_sweep(sweep: SweepConfig, project_root: Path, tracking_uri: str | 
     final.parent.mkdir(parents=True, exist_ok=True)
     with open(final.parent / f".{sweep.name}.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two aggregations of one sweep run one after the other
+        refuse_foreign_folder(final)
         with tempfile.TemporaryDirectory(prefix="aggregate-") as downloads:
             records, notes = collect(tracker, Path(downloads), current_keys(sweep))
             if not records:
                 raise AggregationError(f"sweep {sweep.name!r} has no FINISHED fine-tune runs in {tracking_uri}")
             staging = Path(tempfile.mkdtemp(prefix=f".{sweep.name}.tmp-", dir=final.parent))
+            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the tables from the user's group
             try:
                 result = _aggregate(sweep, tracker, records, notes, staging, project_root)
+                written = write_manifest(staging)
                 _replace(staging, final)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-            run_id = _log_run(tracker, sweep, records, result, final, project_root)
+            run_id = _log_run(tracker, sweep, records, result, final, written, project_root)
     result.results_dir, result.run_id = final, run_id
     for table in result.tables:
         table.paths = [final / path.relative_to(staging) for path in table.paths]
@@ -863,10 +877,61 @@ def _notes(sweep: SweepConfig, records: Sequence[RunRecord], notes: list[str], s
     return "\n".join(lines)
 
 
+MANIFEST = ".aggregate-manifest.json"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _files_below(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file() or path.is_symlink())
+
+
+def write_manifest(folder: Path) -> list[str]:
+    """Lists what the aggregation wrote, so a re-run replaces exactly that and nothing a user added."""
+    written = _files_below(folder)
+    (folder / MANIFEST).write_text(json.dumps(written, indent=1))
+    return written
+
+
+def _manifest(folder: Path) -> set[str] | None:
+    try:
+        return set(json.loads((folder / MANIFEST).read_text())) | {MANIFEST}
+    except (OSError, ValueError):
+        return None
+
+
+def refuse_foreign_folder(final: Path) -> None:
+    """``results/<sweep>/`` is replaced on every run: refuse a non-empty folder this step did not write."""
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise AggregationError(f"{final} is not a folder the aggregation wrote (a link or a file); move it away "
+                               "or set results_dir")
+    if final.is_dir() and any(final.iterdir()) and _manifest(final) is None:
+        raise AggregationError(f"{final} holds files the aggregation did not write (no {MANIFEST}); move them "
+                               "away or set results_dir to another folder: nothing there is overwritten")
+
+
 def _replace(staging: Path, final: Path) -> None:
-    """Swaps the freshly written folder in for the previous outputs."""
+    """Swaps the freshly written folder in for the previous outputs. Files a user added to the previous
+    folder (not in its manifest) are carried over; one whose name the new outputs now use is kept beside
+    it as ``.<sweep>.kept-<time>/`` and said in the log. Nothing a user made is deleted."""
     old = None
     if final.exists():
+        ours = _manifest(final) or set()
+        produced = set(_files_below(staging))
+        kept_folder = final.parent / f".{final.name}.kept-{time.strftime('%Y%m%d-%H%M%S')}"
+        for name in _files_below(final):
+            if name in ours:
+                continue
+            destination = (kept_folder if name in produced else staging) / name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            (final / name).rename(destination)
+            if name in produced:
+                log.warning("%s: %s was not written by the aggregation and its name is now an output; kept as %s",
+                            final, name, destination)
         old = final.parent / f".{final.name}.old-{os.getpid()}"
         final.rename(old)
     staging.rename(final)
@@ -875,12 +940,15 @@ def _replace(staging: Path, final: Path) -> None:
 
 
 def _log_run(tracker: SweepTracker, sweep: SweepConfig, records: Sequence[RunRecord], result: AggregateResult,
-             folder: Path, project_root: Path) -> str:
+             folder: Path, written: Sequence[str], project_root: Path) -> str:
+    """Logs the aggregation's own files (not what a user keeps beside them) into the sweep's aggregate run."""
     run_id = aggregate_run(tracker, run_tags(sweep, records, project_root, len(result.skipped)))
     try:
         tracker.log_metrics(run_id, {**result.metrics, "n_runs": float(len(records)),
                                      "skipped_fusions": float(len(result.skipped))})
-        tracker.client.log_artifacts(run_id, str(folder))
+        for name in written:
+            parent = str(Path(name).parent)
+            tracker.client.log_artifact(run_id, str(folder / name), None if parent == "." else parent)
     except BaseException:
         tracker.finish(run_id, "FAILED")
         raise

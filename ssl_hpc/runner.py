@@ -224,6 +224,9 @@ def run_job(job: Job, context: RunContext, cache: DatasetCache | None = None) ->
         log.warning("%s: another process is running this job (lock %s); skipping", job.key, lock.path)
         return "busy"
     try:
+        existing = tracker.run_for_key(job.key)  # again, under the lock: another process may have just finished it
+        if existing is not None and existing.info.status == FINISHED:
+            return "skipped"
         run_id = _open_run(tracker, job, context, workdir)
         try:  # everything after the run is open: a failure here too must end it FAILED, not leave it RUNNING
             if context.runtime.num_threads:

@@ -21,7 +21,7 @@ from ssl_hpc.tracking import FINISHED, SweepTracker
 
 SWEEP = "agg"
 K = 3
-CLASS_NAMES = "alpha,beta,gamma"
+CLASS_NAMES = json.dumps(["alpha", "beta, with a comma", "gamma"])  # as the fine-tune stage writes the tag
 N_TEST, N_VAL = 60, 45
 SEED = 621
 PRETRAIN_SECONDS = {"simclr": 3600.0, "mocov2": 7200.0}
@@ -179,6 +179,7 @@ def test_tables_fusions_metrics_and_rerun(project, capsys):
             assert table.loc["mean_class_accuracy", name] == pytest.approx(table[name].iloc[:K].mean())
         for suffix in (".md", ".tex", "_std.csv"):
             assert (results / f"table_bloodmnist_{fraction}{suffix}").is_file()
+        assert "class_1 (beta, with a comma)" in (results / f"table_bloodmnist_{fraction}.md").read_text()
         # product fusion recomputed here: argmax of summed log-probabilities
         for mode in ("frozen", "end_to_end"):
             logs = sum(np.log(np.clip(store.probs[(m, mode, fraction)], EPS, 1)) for m in ("simclr", "mocov2"))
@@ -230,18 +231,30 @@ def test_tables_fusions_metrics_and_rerun(project, capsys):
     weights = details["table_bloodmnist_1.0"]["ssl_pair:greedy/frozen"][str(SEED)]["weights"]
     assert sum(weights.values()) == pytest.approx(1.0)
 
-    # --- re-running replaces its outputs and reuses the aggregate run
-    (results / "stale.txt").write_text("left over")
+    # --- re-running replaces its own outputs, keeps what a user put beside them, and reuses the aggregate run
+    (results / "my_notes.txt").write_text("a user's notes")
     assert main([str(project["sweep"]), "--set", "aggregate.rules=[mean]", "--set", "aggregate.plots=false"],
                 project_root=root) == 0
     (again,) = aggregate_runs(client, experiment.experiment_id)
     assert again.info.run_id == aggregate.info.run_id and again.info.status == FINISHED
-    assert not (results / "stale.txt").exists() and not list(results.glob("*.png"))
+    assert (results / "my_notes.txt").read_text() == "a user's notes"
+    assert not list(results.glob("*.png"))  # the plots of the first run, not made this time, are gone
     table = pd.read_csv(results / "table_bloodmnist_1.0.csv", index_col="row")
     assert "ssl_pair:mean/frozen" in table.columns and "ssl_pair:product/frozen" not in table.columns
     assert sorted(p.name for p in root.joinpath("results").iterdir()) == [f".{SWEEP}.lock", SWEEP]
     logged = {entry.path for entry in client.list_artifacts(aggregate.info.run_id)}
-    assert "stale.txt" not in logged and "table_bloodmnist_1.0.csv" in logged
+    assert "my_notes.txt" not in logged and "table_bloodmnist_1.0.csv" in logged
+
+
+def test_a_results_folder_the_aggregation_did_not_write_is_refused_untouched(project, capsys):
+    root = project["root"]
+    foreign = root / "results" / SWEEP
+    foreign.mkdir(parents=True)
+    (foreign / "thesis_draft.tex").write_text("months of work")
+    assert main([str(project["sweep"]), "--set", "aggregate.plots=false"], project_root=root) != 0
+    assert "did not write" in capsys.readouterr().err
+    assert [p.name for p in foreign.iterdir()] == ["thesis_draft.tex"]
+    assert (foreign / "thesis_draft.tex").read_text() == "months of work"
 
 
 def test_mismatched_split_digest_makes_the_fusion_refuse(project, capsys):

@@ -137,3 +137,18 @@ def test_knn_votes_for_the_nearest_class():
     assert probs.argmax(dim=1).tolist() == [0, 1]
     assert torch.allclose(probs.sum(dim=1), torch.ones(2))
     assert (probs[:, 2] == 0).all()
+
+
+@pytest.mark.parametrize("method", ["mocov2", "byol", "dino"])
+def test_momentum_teacher_starts_from_weights_loaded_into_the_backbone(method):
+    """Continued pretraining (model.pretrained_weights) loads weights after the teacher was copied."""
+    model = make_task(method).module
+    torch.manual_seed(99)
+    donor = build_backbone("resnet18", BackboneRequest(1, SIZE, stem="imagenet"))
+    model.backbone.load_state_dict(donor.state_dict())
+    model.backbone_loaded()
+    teachers = [m.teacher[0] for m in model.modules() if type(m).__name__ == "MomentumTeacher"]
+    assert teachers
+    for teacher in teachers:
+        for name, tensor in teacher.state_dict().items():
+            assert torch.equal(tensor, donor.state_dict()[name]), name

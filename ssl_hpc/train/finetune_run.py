@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,7 @@ def run_finetune(handle: RunHandle, cache: DatasetCache) -> None:
     val, test = dataset.val.to(device), dataset.test.to(device)
     backbone_state = load_pretrained_backbone(handle) if config.pretrain_key else None
     model = build_classifier(config, dataset.num_classes, dataset.channels, backbone_state)
-    handle.tracker.set_tags(handle.run_id, {"n_labels": str(len(train)), "class_names": ",".join(dataset.class_names)})
+    handle.tracker.set_tags(handle.run_id, {"n_labels": str(len(train)), "class_names": json.dumps(list(dataset.class_names))})
 
     if config.finetune == "knn":
         model = handle.precision.prepare(model)

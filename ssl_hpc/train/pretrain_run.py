@@ -57,6 +57,7 @@ def run_pretrain(handle: RunHandle, cache: DatasetCache) -> None:
     model = spec.build_pretext(config.backbone, request, settings)
     if config.model.pretrained_weights:  # continued pretraining, e.g. SimCLR from ImageNet weights
         load_pretrained(model.backbone, config.backbone, config.model.pretrained_weights, request)
+        model.backbone_loaded()
     preprocess = handle.precision.prepare(preprocess_for(config, model.backbone, dataset.channels))
     model = handle.precision.prepare(model)
     augment = view_augmentation(spec.view_preset, dataset.image_size, dataset.channels, settings.crop_scale_min,

@@ -30,6 +30,14 @@ class PretextModel(nn.Module):
     def after_step(self, progress: float) -> None:
         """Called after every optimiser step with the run's progress in [0, 1]."""
 
+    def backbone_loaded(self) -> None:
+        """Weights were loaded into ``self.backbone`` after construction (continued pretraining from
+        ImageNet or a file): momentum teachers copied the random initialisation, so they take the
+        loaded weights too, or the first thousands of steps would chase a random target."""
+        for module in self.modules():
+            if isinstance(module, MomentumTeacher) and isinstance(module.teacher, Encoder):
+                module.teacher[0].load_state_dict(self.backbone.state_dict())
+
 
 class MomentumTeacher(nn.Module):
     """A slowly moving copy of a module (MoCo, BYOL, DINO), updated with a cosine momentum schedule."""
