@@ -8,6 +8,9 @@
 #   MLFLOW_HOST=0.0.0.0 mlflow/serve.sh  # every interface: only on a trusted network
 #
 # Jobs log over HTTP when MLFLOW_TRACKING_URI=http://<host>:<port> is exported before the sweep.
+# MLflow accepts only Host headers of localhost and private IPs by default; when MLFLOW_HOST is not
+# loopback, this machine's names are allowed too, so jobs may use http://<login node>:<port>
+# (MLFLOW_ALLOWED_HOSTS replaces that list).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 host="${MLFLOW_HOST:-127.0.0.1}"
@@ -16,9 +19,19 @@ store="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$here/mlflow.db}"
 artifacts="${MLFLOW_ARTIFACTS_DESTINATION:-$here/artifacts}"
 python="${PYTHON:-$(command -v python || command -v python3)}"
 mkdir -p "$artifacts"
+extra=()
+case "$host" in
+    127.*|localhost|::1) ;;
+    *)
+        short="$(hostname -s 2>/dev/null || hostname)"
+        full="$(hostname -f 2>/dev/null || echo "$short")"
+        allowed="${MLFLOW_ALLOWED_HOSTS:-localhost,localhost:$port,127.0.0.1:$port,$short,$short:$port,$full,$full:$port,$host,$host:$port}"
+        extra=(--allowed-hosts "$allowed")
+        ;;
+esac
 exec "$python" -m mlflow server \
     --backend-store-uri "$store" \
     --artifacts-destination "$artifacts" \
     --serve-artifacts \
     --host "$host" --port "$port" \
-    "$@"
+    "${extra[@]}" "$@"

@@ -50,6 +50,9 @@ def assert_nothing_submitted(tmp_path: Path, project: Path) -> None:
     ({"partition": "debug", "cpus_per_job": "many"}, ["cpus_per_job", "integer"]),
     ({"partition": "debug", "extra_sbatch": ["--array=0-3"]}, ["extra_sbatch", "--array is set by the backend"]),
     ({"partition": "debug", "extra_sbatch": ["reservation=x"]}, ["extra_sbatch", "not an sbatch option"]),
+    # a newline would end the #SBATCH line and run the rest as a command in the job script
+    ({"partition": "debug\ntouch /tmp/owned #"}, ["partition", "not a Slurm name", "accepted characters"]),
+    ({"partition": "debug", "aggregate": {"partition": "a'b"}}, ["aggregate.partition", "not a Slurm name"]),
 ])
 def test_bad_profile_file_is_refused_before_submission(tmp_path, project, capsys, profile, expected):
     path = write(tmp_path / "cluster.yaml", {**profile, "single_node": True})
@@ -74,6 +77,12 @@ def test_bad_profile_override_in_the_sweep_is_refused(tmp_path, project, capsys,
     for fragment in expected:
         assert fragment in error, error
     assert_nothing_submitted(tmp_path, project)
+
+
+def test_sweep_override_of_a_profile_section_keeps_its_other_fields(tmp_path):
+    path = write(tmp_path / "cluster.yaml", {"partition": "gpu", "aggregate": {"partition": "prepost", "cpus": 4}})
+    profile = load_profile(str(path), PROJECT_ROOT, {"aggregate": {"time_min": 30}})
+    assert (profile.aggregate.partition, profile.aggregate.cpus, profile.aggregate.time_min) == ("prepost", 4, 30)
 
 
 def test_unknown_profile_name_lists_the_available_ones(tmp_path, project, capsys):

@@ -474,4 +474,4 @@ pid_alive "$RUND/slurmdbd.pid" slurmdbd || daemon_failed slurmdbd "$LOGD/slurmdb
 pid_alive "$RUND/slurmctld.pid" slurmctld || daemon_failed slurmctld "$LOGD/slurmctld.log" "is not running any more"
 pid_alive "$RUND/slurmd.pid" slurmd || daemon_failed slurmd "$LOGD/slurmd.log" "is not running any more"
 log "cluster $CLUSTER up: node $HOST $(node_state); logs in $LOGD"
-printf 'SLURM_CONF=%s\n' "$SLURM_CONF_FILE"
+printf 'SLURM_CONF=%q\n' "$SLURM_CONF_FILE"

@@ -35,9 +35,20 @@ def load_profile(name: str, project_root: Path, overrides: dict[str, Any] | None
     if not path.is_file():
         raise ConfigError(f"slurm.profile: no profile {name!r} ({path}); "
                           f"accepted: {', '.join(available_profiles(project_root)) or '(none found)'} or a path")
-    raw = read_yaml(path)
-    raw.update(overrides or {})
+    raw = merge_sections(read_yaml(path), overrides or {})
     return validate_model(SlurmProfile, raw, source=str(path))
+
+
+def merge_sections(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` on top, sections merged key by key (a sweep's ``slurm.aggregate.time_min``
+    keeps the profile's ``aggregate.partition``)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_sections(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def sweep_profile(sweep: SweepConfig, project_root: Path) -> tuple[str, SlurmProfile]:

@@ -25,6 +25,18 @@ MANAGED_SBATCH = {"array", "dependency", "output", "error", "job-name", "open-mo
                   "kill-on-invalid-dep", "requeue", "no-requeue"}
 
 
+# Slurm names (partitions, accounts, QoS, constraint expressions): they end up on #SBATCH lines of a
+# bash script, so a newline or a quote would run the rest of the value as a command.
+SLURM_NAME = re.compile(r"^[A-Za-z0-9_.,:@%+=/&|!()*\[\]-]+$")
+SLURM_NAME_CHARACTERS = "letters, digits and _ . , : @ % + = / & | ! ( ) * [ ] -"
+
+
+def _slurm_name(value: str | None) -> str | None:
+    if value is not None and not SLURM_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Slurm name; accepted characters: {SLURM_NAME_CHARACTERS}")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -38,6 +50,11 @@ class AggregateResources(_Strict):
     cpus: int = Field(1, ge=1)
     mem_gb: float | None = Field(None, gt=0)
     time_min: int = Field(60, gt=0)
+
+    @field_validator("partition")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return _slurm_name(value)
 
 
 class SlurmProfile(_Strict):
@@ -67,6 +84,19 @@ class SlurmProfile(_Strict):
     # reachable and safe. Otherwise jobs must log to a tracking server the nodes can reach.
     single_node: bool = False
     aggregate: AggregateResources = AggregateResources()
+
+    @field_validator("partition", "account", "qos", "constraint")
+    @classmethod
+    def _names(cls, value: str | None) -> str | None:
+        return _slurm_name(value)
+
+    @field_validator("python")
+    @classmethod
+    def _interpreter(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(ord(c) < 32 for c in value)):
+            raise ValueError(f"{value!r} is not an interpreter path; give a path or command name without control "
+                             "characters")
+        return value
 
     @field_validator("extra_sbatch")
     @classmethod

@@ -30,6 +30,7 @@ import logging
 import multiprocessing
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -324,7 +325,16 @@ def squeue(job_ids: Iterable[str] | None = None, user: str | None = None) -> dic
     if user is not None:
         args += ["-u", user]
     entries: dict[str, QueueEntry] = {}
-    for line in _command(args).splitlines():
+    try:
+        out = _command(args)
+    except SlurmError as error:
+        # Asked for one job id that slurmctld has already purged (MinJobAge), squeue fails instead of listing
+        # nothing: that job is simply no longer queued.
+        if job_ids is not None and len(args[args.index("-j") + 1].split(",")) == 1 and \
+                "Invalid job id" in str(error):
+            return {}
+        raise
+    for line in out.splitlines():
         parts = line.strip().split("|")
         if len(parts) < 2:
             continue
@@ -563,7 +573,7 @@ def _executor(folder: Path, profile: SlurmProfile, project_root: Path, name: str
               after_kind: str = "afterok", aggregate: bool = False) -> submitit.SlurmExecutor:
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues_on_timeout,
                                       python=profile.python)
-    setup = [*profile.setup, f"export PYTHONPATH={project_root}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    setup = [*profile.setup, f"export PYTHONPATH={shlex.quote(str(project_root))}${{PYTHONPATH:+:$PYTHONPATH}}"]
     extra = {**profile.sbatch_options(), "kill-on-invalid-dep": "yes"}
     if not aggregate:
         extra["requeue"] = True  # may be requeued (preemption in PreemptMode=REQUEUE, node failure)
