@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,9 @@ def search_space(settings: TuneSettings) -> dict[str, Any]:
     return space
 
 
+PRETRAINING_POLL_S = 5.0
+
+
 def tune_trial(config: dict[str, Any], raw: dict[str, Any], context: RunContext, source: str) -> None:
     """One trial, on a Ray worker: the trial's jobs through run_job, the fine-tune epochs reported to Tune."""
     from ray import tune
@@ -125,8 +129,13 @@ def tune_trial(config: dict[str, Any], raw: dict[str, Any], context: RunContext,
     })
     for job in jobs:
         outcome = run_job(job, context)
+        while outcome == "busy" and job.key != target.key:
+            # A pretraining job is shared by every trial of its method (its key has no fine-tune setting):
+            # another trial is running it; this one waits for it, then finds it FINISHED.
+            time.sleep(PRETRAINING_POLL_S)
+            outcome = run_job(job, context)
         if outcome == "busy":
-            raise RuntimeError(f"job {job.key} is being run by another process")
+            raise RuntimeError(f"job {job.key} is being run by another trial (two trials sampled the same values)")
         if outcome == "skipped" and job.key == target.key:  # FINISHED before: report its logged history
             tracker = SweepTracker(context.tracking_uri, context.sweep_name)
             run = tracker.run_for_key(job.key)
@@ -149,7 +158,8 @@ def finalize_stopped(tracker: SweepTracker, trials: dict[str, tuple[str, bool]])
     statuses = {}
     for trial_id, (key, errored) in trials.items():
         run = tracker.run_for_key(key)
-        if run is None:
+        if run is None:  # the trial failed before its run was opened: a failure, not a trial that never was
+            statuses[key] = "FAILED (no MLflow run)"
             continue
         if not errored and run.info.status in (RUNNING, KILLED):
             history = tracker.logged_steps(run.info.run_id, "train_loss")

@@ -66,8 +66,10 @@ def test_trials_stopped_by_the_scheduler_end_killed_and_tagged(tracking_uri):
     tracker.finish(ids["failed"], "FAILED")
     tracker.finish(ids["finished"], "FINISHED")
     statuses = finalize_stopped(tracker, {"t0": ("running", False), "t1": ("interrupted", False),
-                                          "t2": ("failed", True), "t3": ("finished", False)})
-    assert statuses == {"running": "KILLED", "interrupted": "KILLED", "failed": "FAILED", "finished": "FINISHED"}
+                                          "t2": ("failed", True), "t3": ("finished", False),
+                                          "t4": ("never_opened", True)})
+    assert statuses == {"running": "KILLED", "interrupted": "KILLED", "failed": "FAILED", "finished": "FINISHED",
+                        "never_opened": "FAILED (no MLflow run)"}  # counted, so launch/tune.py exits non-zero
     for key in ("running", "interrupted"):
         run = tracker.run_for_key(key)
         assert run.info.status == "KILLED" and run.data.tags["tune_stopped"] == "early"
