@@ -176,6 +176,9 @@ def deduplicate(records: Iterable[RunRecord], current_keys: set[str]) -> tuple[l
         if len(group) > 1:
             notes.append(f"{len(group)} FINISHED runs for {describe_cell(cell)}: using {group[0].run_id} "
                          f"(key {group[0].key}), ignoring {', '.join(r.run_id for r in group[1:])}")
+        elif current_keys and group[0].key not in current_keys:
+            notes.append(f"{describe_cell(cell)}: run {group[0].run_id} (key {group[0].key}) is from another "
+                         "version of the sweep (its settings differ from the YAML's now); it is in the tables")
     return kept, notes
 
 
@@ -871,7 +874,7 @@ def _aggregate(sweep: SweepConfig, tracker: SweepTracker, records: list[RunRecor
 def _notes(sweep: SweepConfig, records: Sequence[RunRecord], notes: list[str], skipped: list[Skip]) -> str:
     lines = [f"# Aggregation of {sweep.name}", "", f"{len(records)} FINISHED fine-tune runs.", ""]
     if notes:
-        lines += ["## Duplicate runs", "", *[f"- {note}" for note in notes], ""]
+        lines += ["## Which runs the tables use", "", *[f"- {note}" for note in notes], ""]
     if skipped:
         lines += ["## Fusions skipped", "", *[f"- {s.table} {s.column} seed {s.seed}: {s.reason}" for s in skipped], ""]
     return "\n".join(lines)

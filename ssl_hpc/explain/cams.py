@@ -198,6 +198,10 @@ def compute_cams(
     if len(images) == 0:
         return np.zeros((0, *images.shape[-2:]), dtype=np.float32)
     prefix = model.backbone.info.prefix_tokens
+    if method == "scorecam":
+        # pytorch-grad-cam's ScoreCAM masks every image with every channel at once (images x channels x
+        # C x H x W) before batching over channels: one image at a time keeps that to one image's worth.
+        batch_size = 1
     maps = []
     with gradients_everywhere(model):
         cam = build_cam(method, model, target, prefix, method_batch_size)
