@@ -97,11 +97,29 @@ def _relevant(settings: FinetuneSettings, mode: str, class_weight: str) -> Finet
         reset["effective_number_beta"] = defaults.effective_number_beta
     if mode != "partial":
         reset.update(trainable_last=defaults.trainable_last, trainable_layers=None, trainable_from=None)
+    if settings.head == "linear":
+        reset["head_hidden"] = defaults.head_hidden
+    if settings.optimizer != "sgd":
+        reset["momentum"] = defaults.momentum
     if mode == "knn":
-        keep = {"knn_k", "batch_size"}
+        keep = {"knn_k"}
         reset.update({name: getattr(defaults, name) for name in FinetuneSettings.model_fields if name not in keep})
     else:
         reset["knn_k"] = defaults.knn_k
+    return settings.model_copy(update=reset)
+
+
+def _relevant_pretrain(settings: PretrainSettings, method: str, view_preset: str) -> PretrainSettings:
+    """The pretraining settings that can change what ``method`` learns (the others back to defaults)."""
+    defaults = PretrainSettings()
+    reset: dict[str, object] = {}
+    if method != "mae":
+        reset["mask_ratio"] = defaults.mask_ratio
+    if view_preset != "contrastive":  # crop and flip only: no colour, grayscale or blur
+        reset.update(color_jitter=defaults.color_jitter, gray_scale_prob=defaults.gray_scale_prob,
+                     blur_prob=defaults.blur_prob)
+    if settings.optimizer != "sgd":
+        reset["momentum"] = defaults.momentum
     return settings.model_copy(update=reset)
 
 
@@ -152,8 +170,7 @@ def expand_jobs(sweep: SweepConfig) -> list[Job]:
         pretrain_settings = PretrainSettings(
             **{**spec.pretrain_defaults, **_layer(sweep.pretrain), **(overrides.pretrain if overrides else {})}
         )
-        if entry.method != "mae":  # the only method it concerns: changing it must not retrain the others
-            pretrain_settings = pretrain_settings.model_copy(update={"mask_ratio": PretrainSettings().mask_ratio})
+        pretrain_settings = _relevant_pretrain(pretrain_settings, entry.method, spec.view_preset)
         finetune_base = FinetuneSettings(
             **{**spec.finetune_defaults, **_layer(sweep.finetune), **(overrides.finetune if overrides else {})}
         )
@@ -175,6 +192,8 @@ def expand_jobs(sweep: SweepConfig) -> list[Job]:
             for fraction, per_class, class_weight, mode in itertools.product(
                 grid.label_fraction, grid.labels_per_class, grid.class_weight, modes
             ):
+                if mode == "knn":  # a k-NN vote has no loss to weigh: one job serves every class-weight rule
+                    class_weight = "none"
                 config = RunConfig(
                     stage="finetune",
                     finetune=mode,

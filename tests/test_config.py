@@ -85,6 +85,37 @@ def test_settings_that_cannot_matter_keep_the_key():
         assert keys(base(**change)) == keys(base()), change
 
 
+def test_head_width_and_momentum_only_matter_where_used():
+    assert keys(base(finetune__head_hidden=64)) == keys(base())  # the default head is linear
+    assert keys(base(finetune__head="mlp", finetune__head_hidden=64)) != keys(base(finetune__head="mlp"))
+    assert keys(base(finetune__optimizer="adamw", finetune__momentum=0.5)) == keys(base(finetune__optimizer="adamw"))
+    assert keys(base(finetune__momentum=0.5)) != keys(base())  # SGD's momentum
+
+
+def ssl_sweep(**changes) -> dict:
+    """Two SSL methods (MAE on a ViT), frozen and k-NN fine-tuning, two class-weight rules."""
+    return base(grid__method=["simclr", "mae"], grid__finetune=["frozen", "knn"],
+                methods={"mae": {"backbone": ["vit_mini"]}}, **changes)
+
+
+def pretrain_keys(raw: dict) -> dict[str, str]:
+    return {job.config.method: job.key for job in expand_jobs(validate_sweep(raw)) if job.stage == "pretrain"}
+
+
+def test_view_colour_settings_retrain_only_the_contrastive_methods():
+    before, after = pretrain_keys(ssl_sweep()), pretrain_keys(ssl_sweep(pretrain__color_jitter=0.8))
+    assert before["mae"] == after["mae"]  # MAE's views are crops and flips: colour jitter cannot change it
+    assert before["simclr"] != after["simclr"]
+
+
+def test_knn_runs_once_whatever_the_class_weight_rule():
+    jobs = expand_jobs(validate_sweep(ssl_sweep()))
+    knn = [job for job in jobs if job.config.finetune == "knn"]
+    frozen = [job for job in jobs if job.config.finetune == "frozen"]
+    assert len(frozen) == 2 * 2 * 2  # methods x label fractions x class-weight rules
+    assert len(knn) == 2 * 2 and {job.config.class_weight for job in knn} == {"none"}
+
+
 def test_effective_number_beta_matters_where_used():
     raw = base(grid__class_weight=["effective_number"])
     assert keys(raw) != keys(apply_overrides(raw, ["finetune.effective_number_beta=0.9"]))
