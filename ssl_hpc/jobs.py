@@ -206,7 +206,10 @@ def expand_jobs(sweep: SweepConfig) -> list[Job]:
                 )
                 key = run_key(config)
                 depends = (pretrain_key,) if pretrain_key else ()
-                finetune_jobs.setdefault(key, Job(key, config, depends, model_name=model_name))
+                same = finetune_jobs.setdefault(key, Job(key, config, depends, model_name=model_name))
+                if same.model_name != model_name:
+                    raise ConfigError(f"variants: {model_name!r} runs exactly the same jobs as {same.model_name!r} "
+                                      "(same method and settings); give it a setting of its own or remove it")
     return [*pretrain_jobs.values(), *finetune_jobs.values()]
 
 

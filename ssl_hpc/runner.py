@@ -232,7 +232,7 @@ def run_job(job: Job, context: RunContext, cache: DatasetCache | None = None) ->
             if context.runtime.num_threads:
                 torch.set_num_threads(context.runtime.num_threads)
             device = resolve_device(context.runtime.device)
-            precision = Precision(device, context.runtime.bf16, context.runtime.channels_last)
+            precision = Precision(device, context.runtime.bf16, context.runtime.channels_last, context.runtime.compile)
             handle = RunHandle(job, tracker, run_id, workdir, precision, context)
             tracker.set_tags(run_id, {"device": device.type if device.type == "cpu"
                                       else torch.cuda.get_device_name(device)})

@@ -116,6 +116,14 @@ def test_knn_runs_once_whatever_the_class_weight_rule():
     assert len(knn) == 2 * 2 and {job.config.class_weight for job in knn} == {"none"}
 
 
+def test_a_variant_identical_to_a_method_is_refused():
+    raw = base(grid__method=["simclr"], variants={"simclr_again": {"method": "simclr"}})
+    with pytest.raises(ConfigError, match="simclr_again.*same jobs as 'simclr'"):
+        expand_jobs(validate_sweep(raw))
+    expand_jobs(validate_sweep(base(grid__method=["simclr"],
+                                    variants={"simclr_r34": {"method": "simclr", "backbone": ["resnet34"]}})))
+
+
 def test_effective_number_beta_matters_where_used():
     raw = base(grid__class_weight=["effective_number"])
     assert keys(raw) != keys(apply_overrides(raw, ["finetune.effective_number_beta=0.9"]))

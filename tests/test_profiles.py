@@ -53,6 +53,7 @@ def assert_nothing_submitted(tmp_path: Path, project: Path) -> None:
     # a newline would end the #SBATCH line and run the rest as a command in the job script
     ({"partition": "debug\ntouch /tmp/owned #"}, ["partition", "not a Slurm name", "accepted characters"]),
     ({"partition": "debug", "aggregate": {"partition": "a'b"}}, ["aggregate.partition", "not a Slurm name"]),
+    ({"partition": "debug", "time_min": 2, "signal_delay_s": 120}, ["signal_delay_s", "shorter than time_min"]),
 ])
 def test_bad_profile_file_is_refused_before_submission(tmp_path, project, capsys, profile, expected):
     path = write(tmp_path / "cluster.yaml", {**profile, "single_node": True})

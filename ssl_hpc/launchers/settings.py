@@ -85,6 +85,14 @@ class SlurmProfile(_Strict):
     single_node: bool = False
     aggregate: AggregateResources = AggregateResources()
 
+    @model_validator(mode="after")
+    def _signal_before_the_limit(self) -> SlurmProfile:
+        if self.signal_delay_s >= self.time_min * 60:
+            raise ValueError(f"signal_delay_s ({self.signal_delay_s} s) must be shorter than time_min "
+                             f"({self.time_min} min = {self.time_min * 60} s): the job would be told to requeue "
+                             "as it starts")
+        return self
+
     @field_validator("partition", "account", "qos", "constraint")
     @classmethod
     def _names(cls, value: str | None) -> str | None:
