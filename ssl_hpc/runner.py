@@ -165,7 +165,10 @@ def _open_run(tracker: SweepTracker, job: Job, context: RunContext, workdir: Pat
     if context.git is not None:
         tags["mlflow.source.git.commit"] = context.git.commit
         tags["git_dirty"] = str(context.git.dirty).lower()
-    if existing is not None and (workdir / LAST).is_file():
+    # Resume into the same run from its checkpoint, or restart in it when it failed before logging any epoch
+    # (a missing dataset, a pretraining job not finished yet): either way no second run for the key.
+    if existing is not None and ((workdir / LAST).is_file()
+                                 or not tracker.logged_steps(existing.info.run_id, "train_loss")):
         run_id = existing.info.run_id
         tracker.reopen(run_id)
         attempts = int(existing.data.tags.get("attempts", "1")) + 1
@@ -254,8 +257,8 @@ def run_job(job: Job, context: RunContext, cache: DatasetCache | None = None) ->
 
 def _remove_checkpoints(workdir: Path) -> None:
     """Once the run is FINISHED its model is in MLflow; the resume state is no longer needed."""
-    for name in (LAST, "best.pt"):
-        (workdir / name).unlink(missing_ok=True)
+    for path in [workdir / LAST, *workdir.glob("best-*.pt")]:
+        path.unlink(missing_ok=True)
     shutil.rmtree(workdir / "artifacts", ignore_errors=True)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -73,7 +75,7 @@ def test_run_starts_from_the_given_weights_file_and_names_its_classes(tmp_path, 
     matrix = pd.read_csv(client.download_artifacts(run.info.run_id, "confusion_matrix.csv", str(tmp_path / "dl")),
                          index_col=0)
     assert list(matrix.index) == sorted(COVID_CLASSES) and list(matrix.columns) == sorted(COVID_CLASSES)
-    assert run.data.tags["class_names"] == ",".join(sorted(COVID_CLASSES))
+    assert json.loads(run.data.tags["class_names"]) == sorted(COVID_CLASSES)
     cams = {item.path for item in client.list_artifacts(run.info.run_id, "cam")}
     assert any(path.endswith(".png") and "cam_class" in path for path in cams), cams
     # the folder's lung masks give localization scores

@@ -17,11 +17,13 @@ from ssl_hpc.models.backbones import HALF, Backbone, BackboneInfo, BackboneReque
 # module it starts with ("last N stages trainable" opens everything from there on); ``None`` means
 # the network's ``blocks``, and its CAM layer the last one.
 TIMM_CNNS: dict[str, tuple[str, tuple[str, ...] | None, str | None]] = {
-    "vgg16": ("vgg16", tuple(f"features.{i}" for i in (0, 5, 10, 17, 24)), "features.28"),  # block5_conv3
-    "vgg19": ("vgg19", tuple(f"features.{i}" for i in (0, 5, 10, 19, 28)), "features.34"),  # block5_conv4
+    # CAMs look at activations, as Keras's layers give them (the reports' block5_conv3/4, top_activation):
+    # the ReLU after VGG's last conv, the BatchNorm+activation after EfficientNet's/MobileNet's conv_head.
+    "vgg16": ("vgg16", tuple(f"features.{i}" for i in (0, 5, 10, 17, 24)), "features.29"),  # block5_conv3
+    "vgg19": ("vgg19", tuple(f"features.{i}" for i in (0, 5, 10, 19, 28)), "features.35"),  # block5_conv4
     "mobilenet_v1": ("mobilenetv1_100", None, None),
-    "mobilenet_v2": ("mobilenetv2_100", None, "conv_head"),
-    "efficientnet_b0": ("efficientnet_b0", None, "conv_head"),
+    "mobilenet_v2": ("mobilenetv2_100", None, "bn2"),
+    "efficientnet_b0": ("efficientnet_b0", None, "bn2"),
     "densenet201": ("densenet201", ("features.denseblock1", "features.denseblock2", "features.denseblock3",
                                     "features.denseblock4"), "features.norm5"),
 }

@@ -30,7 +30,13 @@ from ssl_hpc.train.optim import build_optimizer, lr_at_epoch, set_lr
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"
-BEST = "best.pt"
+
+
+def best_path(workdir: Path, epoch: int) -> Path:
+    """The best epoch's weights, one file per epoch: written before ``last.pt`` names it, and older ones
+    removed only after, so a crash between the two writes never leaves ``last.pt`` pointing at the wrong
+    weights."""
+    return workdir / f"best-{epoch}.pt"
 LOWER_IS_BETTER = {"val_loss", "train_loss"}
 
 
@@ -138,6 +144,8 @@ def fit(
         history = list(checkpoint["history"])
         best_epoch = checkpoint["best_epoch"]
         torch.set_rng_state(checkpoint["rng"].cpu())
+        if precision.device.type == "cuda" and checkpoint.get("cuda_rng"):
+            torch.cuda.set_rng_state_all([state.cpu() for state in checkpoint["cuda_rng"]])
         resumed_after = checkpoint["epoch"]
         start_epoch = resumed_after + 1
         log.info("%s: resuming after epoch %d from %s", description, resumed_after, workdir / LAST)
@@ -176,7 +184,7 @@ def fit(
         history.append(metrics)
         if select_by != "last" and is_better(select_by, metrics[select_by], _best_value(history, best_epoch, select_by)):
             best_epoch = epoch
-            save_atomic(task.module.state_dict(), workdir / BEST)
+            save_atomic(task.module.state_dict(), best_path(workdir, epoch))
         elif select_by == "last":
             best_epoch = epoch
         save_atomic(
@@ -187,17 +195,22 @@ def fit(
                 "history": history,
                 "best_epoch": best_epoch,
                 "rng": torch.get_rng_state(),
+                # MAE and AIM draw their masks on the device: a resumed GPU run replays them too
+                "cuda_rng": torch.cuda.get_rng_state_all() if precision.device.type == "cuda" else [],
             },
             workdir / LAST,
         )
+        for stale in workdir.glob("best-*.pt"):
+            if stale != best_path(workdir, best_epoch if best_epoch is not None else -1):
+                stale.unlink(missing_ok=True)
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
 
     if _patience_exhausted(history, best_epoch, patience) and len(history) < settings.epochs:
         stopped_early = True
     best_state = None
-    if select_by != "last" and best_epoch is not None and (workdir / BEST).is_file():
-        best_state = load_checkpoint(workdir / BEST, map_location=precision.device)
+    if select_by != "last" and best_epoch is not None and best_path(workdir, best_epoch).is_file():
+        best_state = load_checkpoint(best_path(workdir, best_epoch), map_location=precision.device)
     return FitResult(history, best_epoch, workdir, resumed_after, stopped_early, best_state)
 
 
