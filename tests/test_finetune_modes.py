@@ -108,3 +108,28 @@ def test_unknown_module_name_is_refused_with_examples():
     model = build_classifier(config("partial"), num_classes=2, dataset_channels=1)
     with pytest.raises(ValueError, match="no module 'layer9'"):
         configure_trainable(model, "partial", trainable_from="layer9")
+
+
+def test_knn_needs_no_optimiser_and_trains_nothing(tmp_path, data_root, sweep_here, monkeypatch):
+    """A k-NN fine-tune job on real PneumoniaMNIST with every optimiser made to fail: it still finishes."""
+    import yaml
+    from mlflow import MlflowClient
+
+    def no_optimiser(*args, **kwargs):
+        raise AssertionError("k-NN must not build an optimiser")
+
+    monkeypatch.setattr(torch.optim.Optimizer, "__init__", no_optimiser)
+    sweep = tmp_path / "knn.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "knn", "grid": {"dataset": ["pneumoniamnist"], "method": ["random_init"], "finetune": ["knn"],
+                                "label_fraction": [0.25]},
+        "cam": {"enabled": False}, "output_dir": str(tmp_path / "outputs"), "results_dir": str(tmp_path / "results"),
+    }))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out = sweep_here([str(sweep), "--quiet"], {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": uri})
+    assert code == 0, out
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("knn").experiment_id], "tags.stage = 'finetune'")
+    assert run.info.status == "FINISHED" and run.data.tags["trainable_params"] == "0"
+    assert 0.5 < run.data.metrics["test_auc"] <= 1.0  # a vote on random features still beats chance here
+    assert client.get_metric_history(run.info.run_id, "train_loss") == []  # no epoch was trained
