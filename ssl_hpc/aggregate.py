@@ -63,6 +63,7 @@ from ssl_hpc.evaluate.fusion import FusionMismatchError, Member, PredictionSet, 
 from ssl_hpc.evaluate.metrics import classification_metrics, confusion
 from ssl_hpc.evaluate.tables import (ACCURACY, MEAN_CLASS_ACCURACY, Column, class_table, format_cell, markdown,
                                      write_class_table, write_frame)
+from ssl_hpc.train.checkpoint import current_umask
 from ssl_hpc.tracking import FINISHED, SweepTracker, git_state, pick_run, resolve_tracking_uri
 
 log = logging.getLogger("ssl_hpc.aggregate")
@@ -822,7 +823,7 @@ def aggregate_sweep(sweep: SweepConfig, project_root: Path, tracking_uri: str | 
             if not records:
                 raise AggregationError(f"sweep {sweep.name!r} has no FINISHED fine-tune runs in {tracking_uri}")
             staging = Path(tempfile.mkdtemp(prefix=f".{sweep.name}.tmp-", dir=final.parent))
-            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the tables from the user's group
+            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the tables from the group
             try:
                 result = _aggregate(sweep, tracker, records, notes, staging, project_root)
                 written = write_manifest(staging)
@@ -883,12 +884,6 @@ def _notes(sweep: SweepConfig, records: Sequence[RunRecord], notes: list[str], s
 MANIFEST = ".aggregate-manifest.json"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _files_below(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file() or path.is_symlink())
 
@@ -918,28 +913,29 @@ def refuse_foreign_folder(final: Path) -> None:
 
 
 def _replace(staging: Path, final: Path) -> None:
-    """Swaps the freshly written folder in for the previous outputs. Files a user added to the previous
-    folder (not in its manifest) are carried over; one whose name the new outputs now use is kept beside
-    it as ``.<sweep>.kept-<time>/`` and said in the log. Nothing a user made is deleted."""
-    old = None
-    if final.exists():
-        ours = _manifest(final) or set()
-        produced = set(_files_below(staging))
-        kept_folder = final.parent / f".{final.name}.kept-{time.strftime('%Y%m%d-%H%M%S')}"
-        for name in _files_below(final):
-            if name in ours:
-                continue
-            destination = (kept_folder if name in produced else staging) / name
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            (final / name).rename(destination)
-            if name in produced:
-                log.warning("%s: %s was not written by the aggregation and its name is now an output; kept as %s",
-                            final, name, destination)
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        final.rename(old)
+    """Swaps the freshly written folder in for the previous outputs, then carries over what a user added
+    to the previous folder (files not in its manifest); one whose name is now an output is kept as
+    ``.<sweep>.kept-<time>/<name>`` and said in the log. The previous folder is removed only once all of
+    that has moved, so an interruption at any point leaves a user's files on disk."""
+    if not final.exists():
+        staging.rename(final)
+        return
+    ours = _manifest(final) or set()
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    final.rename(old)
     staging.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    produced = set(_files_below(final))
+    kept_folder = final.parent / f".{final.name}.kept-{time.strftime('%Y%m%d-%H%M%S')}"
+    for name in _files_below(old):
+        if name in ours:
+            continue
+        destination = (kept_folder if name in produced else final) / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        (old / name).rename(destination)
+        if name in produced:
+            log.warning("%s: %s was not written by the aggregation and its name is now an output; kept as %s",
+                        final, name, destination)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _log_run(tracker: SweepTracker, sweep: SweepConfig, records: Sequence[RunRecord], result: AggregateResult,

@@ -130,8 +130,9 @@ def project(tmp_path, monkeypatch, stores):
     root = tmp_path / "project"
     root.mkdir()
     # Every fusion member must be a model of the sweep; aim and mae never ran (their fusions are skipped).
-    sweep = {"name": SWEEP, "grid": {"dataset": ["bloodmnist"], "method": ["supervised", "simclr", "mocov2", "aim", "mae"],
-                                     "finetune": ["frozen", "end_to_end"]},
+    sweep = {"name": SWEEP,
+             "grid": {"dataset": ["bloodmnist"], "method": ["supervised", "simclr", "mocov2", "aim", "mae"],
+                      "finetune": ["frozen", "end_to_end"]},
              "methods": {"aim": {"backbone": ["vit_mini"]}, "mae": {"backbone": ["vit_mini"]}},
              "aggregate": {"fusions": FUSIONS, "rules": RULES, "bootstrap_resamples": 200}}
     path = tmp_path / "sweep.yaml"

@@ -470,18 +470,14 @@ def _writable(folder: Path) -> bool:
         return False
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _write_once(path: Path, text: str) -> bool:
     """Writes ``path`` atomically unless it exists; returns whether this call created it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would make the split unreadable to colleagues
+        from ssl_hpc.train.checkpoint import current_umask
+
+        os.fchmod(handle, 0o666 & ~current_umask())  # mkstemp's 0600: the split unreadable to colleagues
         with os.fdopen(handle, "w") as file:
             file.write(text)
             file.flush()

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: put straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -26,7 +27,7 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(handle, 0o666 & ~_umask())  # as an ordinary file would be (mkstemp makes it 0600)
+        os.fchmod(handle, 0o666 & ~current_umask())  # as an ordinary file would be (mkstemp makes it 0600)
         with os.fdopen(handle, "wb") as file:
             torch.save(obj, file)
             file.flush()

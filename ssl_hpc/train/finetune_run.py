@@ -43,7 +43,8 @@ def run_finetune(handle: RunHandle, cache: DatasetCache) -> None:
     val, test = dataset.val.to(device), dataset.test.to(device)
     backbone_state = load_pretrained_backbone(handle) if config.pretrain_key else None
     model = build_classifier(config, dataset.num_classes, dataset.channels, backbone_state)
-    handle.tracker.set_tags(handle.run_id, {"n_labels": str(len(train)), "class_names": json.dumps(list(dataset.class_names))})
+    handle.tracker.set_tags(handle.run_id, {"n_labels": str(len(train)),
+                                            "class_names": json.dumps(list(dataset.class_names))})
 
     if config.finetune == "knn":
         model = handle.precision.prepare(model)
