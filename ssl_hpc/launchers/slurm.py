@@ -420,11 +420,12 @@ def slurm_statuses(jobs: list[Job], tracker: SweepTracker | None, output_root: P
         return None
     runs = tracker.runs_by_key() if tracker is not None else {}
     submitted = {key: records[key] for key in (job.key for job in jobs) if key in records}
+    squeue_answered = True
     try:
         queue = squeue([record.job_id for record in submitted.values()])
     except SlurmError as error:
         log.warning("squeue: %s", error)
-        queue = {}
+        queue, squeue_answered = {}, False
     unfinished = [record.job_id for key, record in submitted.items()
                   if record.job_id not in queue and not (runs.get(key) and runs[key].info.status == FINISHED)]
     try:
@@ -454,8 +455,14 @@ def slurm_statuses(jobs: list[Job], tracker: SweepTracker | None, output_root: P
                 detail += "; will resume from checkpoint" if has_checkpoint else "; will restart"
             rows.append(JobStatus(job, state, detail, run_id))
             continue
-        if record is not None and (record.job_id in accounting or (run is not None and run.info.status == FAILED)):
-            entry = accounting.get(record.job_id)
+        entry = accounting.get(record.job_id) if record is not None else None
+        if entry is not None and entry.state.split()[0] in ALIVE:
+            # Without squeue's answer, sacct still knows the job is queued or running: not a failure.
+            state = "running" if entry.state.split()[0] in RUNNING_STATES else "pending"
+            note = "" if squeue_answered else "; squeue did not answer, state from sacct"
+            rows.append(JobStatus(job, state, f"slurm {entry.job_id} {entry.state}{note}", run_id))
+            continue
+        if record is not None and (entry is not None or (run is not None and run.info.status == FAILED)):
             reason = failure_reason(entry, run.data.tags if run else None)
             if run is not None and run.info.status != FAILED and has_checkpoint:
                 reason += "; re-run the sweep to resume from its checkpoint"
@@ -610,7 +617,10 @@ def _submit_array(executor, packs: list[list[Job]], context: RunContext, cpus: i
 def resolved_sweep_file(sweep: SweepConfig, output_root: Path) -> Path | None:
     """The sweep as resolved here (overrides applied), for the aggregation job; ``None`` if it does not round-trip."""
     path = slurm_dir(output_root) / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep.model_dump(mode="json", exclude_unset=True), sort_keys=False))
+    # Atomically: an aggregation job of an earlier submission may be reading it right now.
+    temporary = path.with_name(f".sweep.yaml.{os.getpid()}.tmp")
+    temporary.write_text(yaml.safe_dump(sweep.model_dump(mode="json", exclude_unset=True), sort_keys=False))
+    os.replace(temporary, path)
     try:
         if load_sweep(path) == sweep:
             return path

@@ -29,15 +29,16 @@ class DINO(PretextModel):
         self.teacher = MomentumTeacher(self.student, start=0.996, end=1.0, teacher=twin)
         self.criterion = DINOLoss(output_dim=OUTPUT_DIM, warmup_teacher_temp_epochs=min(5, max(0, epochs - 1)))
         self.epochs = max(1, epochs)
-        self.progress = 0.0
+        # In the state dict, so a resumed run continues the teacher-temperature warm-up where it stopped.
+        self.register_buffer("progress", torch.zeros(()))
 
     def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         teacher = [self.teacher(view) for view in views]
         student = [self.student(view) for view in views]
-        return self.criterion(teacher, student, epoch=int(self.progress * self.epochs))
+        return self.criterion(teacher, student, epoch=int(float(self.progress) * self.epochs))
 
     def after_step(self, progress: float) -> None:
-        self.progress = progress
+        self.progress.fill_(progress)
         self.teacher.update(self.student, progress)
 
 
