@@ -21,6 +21,7 @@ from ssl_hpc.config import (
     ModelSettings,
     PretrainSettings,
     RunConfig,
+    StageSettings,
     SweepConfig,
 )
 from ssl_hpc.models.backbones import BACKBONE_FAMILIES
@@ -99,8 +100,7 @@ def _relevant(settings: FinetuneSettings, mode: str, class_weight: str) -> Finet
         reset.update(trainable_last=defaults.trainable_last, trainable_layers=None, trainable_from=None)
     if settings.head == "linear":
         reset["head_hidden"] = defaults.head_hidden
-    if settings.optimizer != "sgd":
-        reset["momentum"] = defaults.momentum
+    reset.update(_unused_optimizer_settings(settings))
     if mode == "knn":
         keep = {"knn_k"}
         reset.update({name: getattr(defaults, name) for name in FinetuneSettings.model_fields if name not in keep})
@@ -118,9 +118,13 @@ def _relevant_pretrain(settings: PretrainSettings, method: str, view_preset: str
     if view_preset != "contrastive":  # crop and flip only: no colour, grayscale or blur
         reset.update(color_jitter=defaults.color_jitter, gray_scale_prob=defaults.gray_scale_prob,
                      blur_prob=defaults.blur_prob)
-    if settings.optimizer != "sgd":
-        reset["momentum"] = defaults.momentum
+    reset.update(_unused_optimizer_settings(settings))
     return settings.model_copy(update=reset)
+
+
+def _unused_optimizer_settings(settings: StageSettings) -> dict[str, object]:
+    """Either stage: SGD's momentum means nothing to Adam or AdamW."""
+    return {} if settings.optimizer == "sgd" else {"momentum": type(settings)().momentum}
 
 
 @dataclass(frozen=True)

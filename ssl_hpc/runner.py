@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mlflow.entities import Run
 import torch
 
 from ssl_hpc.config import RunConfig, RuntimeSettings
@@ -158,9 +159,8 @@ def run_name(job: Job) -> str:
     return f"{config.method}-{config.finetune}-{config.label_budget}-{config.class_weight}-{config.dataset}-{job.key}"
 
 
-def _open_run(tracker: SweepTracker, job: Job, context: RunContext, workdir: Path) -> str:
-    """The MLflow run for the job: the unfinished one to resume, or a new one."""
-    existing = tracker.run_for_key(job.key)
+def _open_run(tracker: SweepTracker, job: Job, context: RunContext, workdir: Path, existing: Run | None) -> str:
+    """The MLflow run for the job (``existing``, the key's unfinished run, to resume), or a new one."""
     tags = {**job.tags(context.sweep_name), **context.extra_tags}
     if context.git is not None:
         tags["mlflow.source.git.commit"] = context.git.commit
@@ -230,7 +230,7 @@ def run_job(job: Job, context: RunContext, cache: DatasetCache | None = None) ->
         existing = tracker.run_for_key(job.key)  # again, under the lock: another process may have just finished it
         if existing is not None and existing.info.status == FINISHED:
             return "skipped"
-        run_id = _open_run(tracker, job, context, workdir)
+        run_id = _open_run(tracker, job, context, workdir, existing)
         try:  # everything after the run is open: a failure here too must end it FAILED, not leave it RUNNING
             if context.runtime.num_threads:
                 torch.set_num_threads(context.runtime.num_threads)
@@ -260,6 +260,18 @@ def _remove_checkpoints(workdir: Path) -> None:
     for path in [workdir / LAST, *workdir.glob("best-*.pt")]:
         path.unlink(missing_ok=True)
     shutil.rmtree(workdir / "artifacts", ignore_errors=True)
+
+
+def run_job_when_free(job: Job, context: RunContext, poll_s: float, timeout_s: float | None = None,
+                      cache: DatasetCache | None = None) -> str:
+    """``run_job``, waiting while another process holds the job's lock (a requeued attempt not yet gone, or
+    a pretraining job another trial is running); ``busy`` only once ``timeout_s`` has passed."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        outcome = run_job(job, context, cache)
+        if outcome != "busy" or (deadline is not None and time.monotonic() > deadline):
+            return outcome
+        time.sleep(poll_s)
 
 
 def write_json(path: Path, payload: object) -> Path:

@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 from ssl_hpc.config import ConfigError, SweepConfig, apply_overrides, read_yaml, validate_sweep
 from ssl_hpc.jobs import Job, expand_jobs, order_jobs
 from ssl_hpc.launchers.settings import Distribution, TuneSettings
-from ssl_hpc.runner import RunContext, run_job
+from ssl_hpc.runner import RunContext, run_job, run_job_when_free
 from ssl_hpc.tracking import KILLED, RUNNING, SweepTracker
 
 log = logging.getLogger("ssl_hpc.tune")
@@ -128,12 +127,12 @@ def tune_trial(config: dict[str, Any], raw: dict[str, Any], context: RunContext,
         "tune_params": json.dumps(config, sort_keys=True),
     })
     for job in jobs:
-        outcome = run_job(job, context)
-        while outcome == "busy" and job.key != target.key:
-            # A pretraining job is shared by every trial of its method (its key has no fine-tune setting):
-            # another trial is running it; this one waits for it, then finds it FINISHED.
-            time.sleep(PRETRAINING_POLL_S)
+        if job.key == target.key:
             outcome = run_job(job, context)
+        else:
+            # A pretraining job is shared by every trial of its method (its key has no fine-tune setting):
+            # another trial may be running it; this one waits for it, then finds it FINISHED.
+            outcome = run_job_when_free(job, context, poll_s=PRETRAINING_POLL_S)
         if outcome == "busy":
             raise RuntimeError(f"job {job.key} is being run by another trial (two trials sampled the same values)")
         if outcome == "skipped" and job.key == target.key:  # FINISHED before: report its logged history

@@ -48,7 +48,7 @@ import yaml
 from ssl_hpc.config import ConfigError, SweepConfig, load_sweep
 from ssl_hpc.jobs import Job, order_jobs
 from ssl_hpc.launchers.settings import SlurmProfile
-from ssl_hpc.runner import RunContext, RunLock, run_job
+from ssl_hpc.runner import RunContext, RunLock, run_job_when_free
 from ssl_hpc.status import JobStatus, classify
 from ssl_hpc.tracking import FAILED, FINISHED, SweepTracker, local_database
 from ssl_hpc.train.loop import LAST
@@ -68,6 +68,7 @@ REASONS = {"OUT_OF_MEMORY": "OOM", "TIMEOUT": "TIMEOUT", "PREEMPTED": "PREEMPTED
            "BOOT_FAIL": "BOOT_FAIL", "DEADLINE": "DEADLINE", "FAILED": "FAILED", "CANCELLED": "CANCELLED",
            "REVOKED": "REVOKED"}
 BUSY_WAIT_S = 90.0
+BUSY_POLL_S = 3.0
 
 
 def slurm_dir(output_root: Path) -> Path:
@@ -95,12 +96,7 @@ def slurm_tags(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
 
 def _run_waiting_for_lock(job: Job, context: RunContext) -> str:
     """``run_job``, waiting a little if the previous attempt of this job (just requeued) still holds its lock."""
-    deadline = time.monotonic() + BUSY_WAIT_S
-    while True:
-        outcome = run_job(job, context)
-        if outcome != "busy" or time.monotonic() > deadline:
-            return outcome
-        time.sleep(3.0)
+    return run_job_when_free(job, context, poll_s=BUSY_POLL_S, timeout_s=BUSY_WAIT_S)
 
 
 _CHILDREN: list[multiprocessing.process.BaseProcess] = []  # a pack's worker processes (never pickled)
@@ -456,9 +452,9 @@ def slurm_statuses(jobs: list[Job], tracker: SweepTracker | None, output_root: P
             rows.append(JobStatus(job, state, detail, run_id))
             continue
         entry = accounting.get(record.job_id) if record is not None else None
-        if entry is not None and entry.state.split()[0] in ALIVE:
+        if entry is not None and entry.state in ALIVE:  # sacct() keeps the state's first word
             # Without squeue's answer, sacct still knows the job is queued or running: not a failure.
-            state = "running" if entry.state.split()[0] in RUNNING_STATES else "pending"
+            state = "running" if entry.state in RUNNING_STATES else "pending"
             note = "" if squeue_answered else "; squeue did not answer, state from sacct"
             rows.append(JobStatus(job, state, f"slurm {entry.job_id} {entry.state}{note}", run_id))
             continue
