@@ -123,8 +123,8 @@ def _relevant_pretrain(settings: PretrainSettings, method: str, view_preset: str
 
 
 def _unused_optimizer_settings(settings: StageSettings) -> dict[str, object]:
-    """Either stage: SGD's momentum means nothing to Adam or AdamW."""
-    return {} if settings.optimizer == "sgd" else {"momentum": type(settings)().momentum}
+    """Either stage: the momentum of SGD and LARS means nothing to Adam or AdamW."""
+    return {} if settings.optimizer in ("sgd", "lars") else {"momentum": type(settings)().momentum}
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable
 
 import torch
+from lightly.utils.lars import LARS
 
 from ssl_hpc.config import StageSettings
 
@@ -13,11 +14,13 @@ from ssl_hpc.config import StageSettings
 def build_optimizer(settings: StageSettings, params: Iterable[torch.nn.Parameter] | list[dict]) -> torch.optim.Optimizer:
     if settings.optimizer == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    if settings.optimizer == "lars":  # SGD with layer-wise trust ratios: Barlow Twins' and VICReg's optimiser
+        return LARS(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     if settings.optimizer == "adam":
         return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     if settings.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    raise ValueError(f"unknown optimizer {settings.optimizer!r}; accepted: sgd, adam, adamw")
+    raise ValueError(f"unknown optimizer {settings.optimizer!r}; accepted: sgd, lars, adam, adamw")
 
 
 def lr_at_epoch(settings: StageSettings, epoch: int) -> float:
