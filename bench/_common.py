@@ -19,7 +19,9 @@ from ssl_hpc.runner import RunContext  # noqa: E402
 from ssl_hpc.tracking import SweepTracker  # noqa: E402
 
 
-def run_sweep_in_temporary_store(raw: dict, overrides: list[str]) -> tuple[list[Job], dict[str, dict[str, float]], float]:
+def run_sweep_in_temporary_store(
+    raw: dict, overrides: list[str]
+) -> tuple[list[Job], dict[str, dict[str, float]], float]:
     """Runs every job of the sweep locally; returns the jobs, key -> final metrics, minutes taken."""
     sweep = validate_sweep(apply_overrides(raw, overrides), source="bench recipe")
     jobs = expand_jobs(sweep)

@@ -65,8 +65,9 @@ def main() -> None:
         make_covid(base / "COVID-19_Radiography_Dataset", args.images, rng)
         specs = {
             "pneumonia": ImageFolderSpec(root=str(base / "chest_xray"), val_from_train=0.1),
-            "covid": ImageFolderSpec(root=str(base / "COVID-19_Radiography_Dataset"), images_subdir="images",
-                                     masks_subdir="masks"),
+            "covid": ImageFolderSpec(
+                root=str(base / "COVID-19_Radiography_Dataset"), images_subdir="images", masks_subdir="masks"
+            ),
         }
         for name, spec in specs.items():
             times = []
@@ -76,8 +77,10 @@ def main() -> None:
                 times.append(time.perf_counter() - started)
             count = sum(len(getattr(dataset, s)) for s in ("train", "val", "test"))
             masks = " + masks" if dataset.masks else ""
-            print(f"{name:10} {count} images{masks} at {args.size} px: first load {times[0]:.2f} s, "
-                  f"second (cached) {times[1]:.3f} s, x{times[0] / times[1]:.0f}")
+            print(
+                f"{name:10} {count} images{masks} at {args.size} px: first load {times[0]:.2f} s, "
+                f"second (cached) {times[1]:.3f} s, x{times[0] / times[1]:.0f}"
+            )
             results[f"{name}_first_s"], results[f"{name}_second_s"] = round(times[0], 3), round(times[1], 4)
     print(json.dumps(results))
 

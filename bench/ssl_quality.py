@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Does self-supervised pretraining learn anything? SimCLR features against random features.
+"""Does self-supervised pretraining learn anything? SSL features against random features.
 
-SimCLR pretrains a ResNet-18 for a few epochs on the PneumoniaMNIST train split (no labels); then
+An SSL method (``--method``, default SimCLR) pretrains a ResNet-18 for a few epochs on the PneumoniaMNIST
+train split (no labels); then
 the same frozen linear probe (the fine-tune stage's ``frozen`` mode with a linear head) is trained
 on its features and on the features of a randomly initialised ResNet-18 of the same architecture
 (the ``random_init`` method). Both probes see the same labels, epochs and optimiser; the only
@@ -10,7 +11,7 @@ difference is the backbone's weights. Test AUC is the figure; SSL must win clear
 Runs through the suite's own pipeline (sweep -> local backend -> MLflow in a temporary store).
 Last output line: a JSON object with ``ssl_probe_auc`` and ``random_probe_auc``.
 
-Usage: MEDMNIST_ROOT=../shared/data python bench/ssl_quality.py [--pretrain-epochs 10] [--set k=v ...]
+Usage: MEDMNIST_ROOT=../shared/data python bench/ssl_quality.py [--method simclr] [--pretrain-epochs 10] [--set k=v ...]
 """
 
 from __future__ import annotations
@@ -21,42 +22,53 @@ import json
 from _common import run_sweep_in_temporary_store
 
 
-def recipe(pretrain_epochs: int, probe_epochs: int) -> dict:
+def recipe(method: str, pretrain_epochs: int, probe_epochs: int) -> dict:
     return {
         "name": "bench-ssl-quality",
         "seeds": [621],
         "grid": {
             "dataset": ["pneumoniamnist"],
             "size": [28],
-            "method": ["simclr", "random_init"],
+            "method": [method, "random_init"],
             "backbone": ["resnet18"],
             "label_fraction": [1.0],
             "class_weight": ["none"],
             "finetune": ["frozen"],
         },
         "pretrain": {"epochs": pretrain_epochs, "batch_size": 128},
-        "finetune": {"epochs": probe_epochs, "batch_size": 128, "head": "linear", "optimizer": "adam", "lr": 1e-3,
-                     "schedule": "cosine", "min_lr": 0.0, "select_by": "val_auc"},
+        "finetune": {
+            "epochs": probe_epochs,
+            "batch_size": 128,
+            "head": "linear",
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "schedule": "cosine",
+            "min_lr": 0.0,
+            "select_by": "val_auc",
+        },
         "model": {"stem": "imagenet"},
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="simclr", help="the SSL method (its own pretraining defaults)")
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--probe-epochs", type=int, default=15)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    jobs, metrics, minutes = run_sweep_in_temporary_store(recipe(args.pretrain_epochs, args.probe_epochs),
-                                                         args.overrides)
+    jobs, metrics, minutes = run_sweep_in_temporary_store(
+        recipe(args.method, args.pretrain_epochs, args.probe_epochs), args.overrides
+    )
     probe = {job.config.method: metrics[job.key] for job in jobs if job.stage == "finetune"}
     pretrain = next(metrics[job.key] for job in jobs if job.stage == "pretrain")
-    ssl_auc, random_auc = probe["simclr"]["test_auc"], probe["random_init"]["test_auc"]
+    ssl_auc, random_auc = probe[args.method]["test_auc"], probe["random_init"]["test_auc"]
     result = {
+        "method": args.method,
         "ssl_probe_auc": round(ssl_auc, 4),
         "random_probe_auc": round(random_auc, 4),
         "auc_gain": round(ssl_auc - random_auc, 4),
-        "ssl_probe_acc": round(probe["simclr"]["test_acc"], 4),
+        "ssl_probe_acc": round(probe[args.method]["test_acc"], 4),
         "random_probe_acc": round(probe["random_init"]["test_acc"], 4),
         "ssl_knn_val_acc": round(pretrain["knn_val_acc"], 4),
         "pretrain_epochs": args.pretrain_epochs,

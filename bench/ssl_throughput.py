@@ -23,17 +23,17 @@ import os
 import statistics
 import time
 
-import _common  # noqa: F401  (puts the project on sys.path)
 import medmnist
 import torch
 from lightly.transforms import SimCLRTransform
 
+import _common  # noqa: F401  (puts the project on sys.path)
+from ssl_hpc.config import PretrainSettings
 from ssl_hpc.data.augment import view_augmentation
 from ssl_hpc.data.medmnist import default_data_root, load_medmnist
 from ssl_hpc.models.backbones import BackboneRequest
 from ssl_hpc.models.classifier import Preprocess
 from ssl_hpc.models.methods import METHODS
-from ssl_hpc.config import PretrainSettings
 from ssl_hpc.train.loop import batch_order
 from ssl_hpc.train.pretrain import PretextTask
 
@@ -83,10 +83,12 @@ def reference(device, data_root, batch_size: int, batches: int, workers: int) ->
     """lightly's per-sample SimCLRTransform on PIL images in a DataLoader."""
     model, preprocess, optimizer = build(device)
     transform = SimCLRTransform(input_size=SIZE, gaussian_blur=0.0, normalize=None)
-    dataset = medmnist.PneumoniaMNIST(split="train", root=str(data_root), as_rgb=True, transform=transform,
-                                      download=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                                         num_workers=workers, persistent_workers=False)
+    dataset = medmnist.PneumoniaMNIST(
+        split="train", root=str(data_root), as_rgb=True, transform=transform, download=False
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=False
+    )
     model.train()
     iterator = iter(loader)
     for index in range(batches + 2):
@@ -118,14 +120,18 @@ def main() -> None:
         ours_runs.append(ours(device, images, args.batch_size, args.batches))
         print(f"round {round_index}: reference {reference_runs[-1]:.0f} img/s, ours {ours_runs[-1]:.0f} img/s")
     ours_median, reference_median = statistics.median(ours_runs), statistics.median(reference_runs)
-    print(json.dumps({
-        "device": device.type,
-        "batch_size": args.batch_size,
-        "reference_workers": args.workers,
-        "ours_images_per_s": round(ours_median, 1),
-        "reference_images_per_s": round(reference_median, 1),
-        "ratio": round(ours_median / reference_median, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "device": device.type,
+                "batch_size": args.batch_size,
+                "reference_workers": args.workers,
+                "ours_images_per_s": round(ours_median, 1),
+                "reference_images_per_s": round(reference_median, 1),
+                "ratio": round(ours_median / reference_median, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -57,14 +57,26 @@ from mlflow.entities import Run
 
 from ssl_hpc.config import AggregateSettings, ConfigError, SweepConfig, load_sweep
 from ssl_hpc.evaluate import stats
-from ssl_hpc.evaluate.aggregate_plots import (plot_accuracy_vs_labels, plot_class_bars, plot_confusion_grid,
-                                              plot_val_curves)
+from ssl_hpc.evaluate.aggregate_plots import (
+    plot_accuracy_vs_labels,
+    plot_class_bars,
+    plot_confusion_grid,
+    plot_val_curves,
+)
 from ssl_hpc.evaluate.fusion import FusionMismatchError, Member, PredictionSet, fuse
 from ssl_hpc.evaluate.metrics import classification_metrics, confusion
-from ssl_hpc.evaluate.tables import (ACCURACY, MEAN_CLASS_ACCURACY, Column, class_table, format_cell, markdown,
-                                     write_class_table, write_frame)
-from ssl_hpc.train.checkpoint import current_umask
+from ssl_hpc.evaluate.tables import (
+    ACCURACY,
+    MEAN_CLASS_ACCURACY,
+    Column,
+    class_table,
+    format_cell,
+    markdown,
+    write_class_table,
+    write_frame,
+)
 from ssl_hpc.tracking import FINISHED, SweepTracker, git_state, pick_run, resolve_tracking_uri
+from ssl_hpc.train.checkpoint import current_umask
 
 log = logging.getLogger("ssl_hpc.aggregate")
 
@@ -113,14 +125,22 @@ class RunRecord:
         tags = run.data.tags
         n_labels = tags.get("n_labels")
         return cls(
-            run_id=run.info.run_id, key=tags.get("key", ""), model=tags.get("model") or tags.get("method", "?"),
-            method=tags.get("method", "?"), backbone=tags.get("backbone", "?"), dataset=tags.get("dataset", "?"),
-            size=tags.get("size", "28"), label_fraction=tags.get("label_fraction", "?"),
-            class_weight=tags.get("class_weight", "none"), finetune=tags.get("finetune", "?"),
-            seed=int(tags.get("seed", "0")), metrics=dict(run.data.metrics),
+            run_id=run.info.run_id,
+            key=tags.get("key", ""),
+            model=tags.get("model") or tags.get("method", "?"),
+            method=tags.get("method", "?"),
+            backbone=tags.get("backbone", "?"),
+            dataset=tags.get("dataset", "?"),
+            size=tags.get("size", "28"),
+            label_fraction=tags.get("label_fraction", "?"),
+            class_weight=tags.get("class_weight", "none"),
+            finetune=tags.get("finetune", "?"),
+            seed=int(tags.get("seed", "0")),
+            metrics=dict(run.data.metrics),
             class_names=parse_class_names(tags.get("class_names", "")),
             n_labels=float(n_labels) if n_labels not in (None, "") else math.nan,
-            device=tags.get("device", "cpu"), pretrain_key=tags.get("pretrain_key") or None,
+            device=tags.get("device", "cpu"),
+            pretrain_key=tags.get("pretrain_key") or None,
             end_time=int(run.info.end_time or run.info.start_time or 0),
         )
 
@@ -131,8 +151,16 @@ class RunRecord:
 
     @property
     def cell(self) -> tuple:
-        return (self.model, self.backbone, self.finetune, self.dataset, self.size, self.label_fraction,
-                self.class_weight, self.seed)
+        return (
+            self.model,
+            self.backbone,
+            self.finetune,
+            self.dataset,
+            self.size,
+            self.label_fraction,
+            self.class_weight,
+            self.seed,
+        )
 
     @property
     def table_key(self) -> tuple[str, str, str, str]:
@@ -141,8 +169,10 @@ class RunRecord:
     def hours(self) -> tuple[float, float]:
         """(GPU-hours, CPU-hours) of this run including its share of the pretraining."""
         gpu = cpu = 0.0
-        for seconds, device in ((self.metrics.get("train_seconds", 0.0), self.device),
-                                (self.pretrain_seconds, self.pretrain_device or self.device)):
+        for seconds, device in (
+            (self.metrics.get("train_seconds", 0.0), self.device),
+            (self.pretrain_seconds, self.pretrain_device or self.device),
+        ):
             if device.lower() == "cpu":
                 cpu += seconds / 3600
             else:
@@ -175,13 +205,16 @@ def deduplicate(records: Iterable[RunRecord], current_keys: set[str]) -> tuple[l
         group.sort(key=lambda r: (r.key in current_keys, r.end_time), reverse=True)
         kept.append(group[0])
         if len(group) > 1:
-            notes.append(f"{len(group)} FINISHED runs for {describe_cell(cell)}: using {group[0].run_id} "
-                         f"(key {group[0].key}), ignoring {', '.join(r.run_id for r in group[1:])}")
+            notes.append(
+                f"{len(group)} FINISHED runs for {describe_cell(cell)}: using {group[0].run_id} "
+                f"(key {group[0].key}), ignoring {', '.join(r.run_id for r in group[1:])}"
+            )
         elif current_keys and group[0].key not in current_keys:
-            notes.append(f"{describe_cell(cell)}: run {group[0].run_id} (key {group[0].key}) is from another "
-                         "version of the sweep (its settings differ from the YAML's now); it is in the tables")
+            notes.append(
+                f"{describe_cell(cell)}: run {group[0].run_id} (key {group[0].key}) is from another "
+                "version of the sweep (its settings differ from the YAML's now); it is in the tables"
+            )
     return kept, notes
-
 
 
 def describe_cell(cell: tuple) -> str:
@@ -196,8 +229,13 @@ def load_predictions(tracker: SweepTracker, record: RunRecord, folder: Path) -> 
             path = tracker.download_artifact(record.run_id, f"{split}_probs.npz", folder / record.run_id)
             setattr(record, split, PredictionSet.load(path))
         except Exception as error:  # noqa: BLE001 - a run without predictions still has its metrics
-            log.warning("run %s (%s): no usable %s_probs.npz (%s)", record.run_id, describe_cell(record.cell),
-                        split, str(error).splitlines()[0] if str(error) else type(error).__name__)
+            log.warning(
+                "run %s (%s): no usable %s_probs.npz (%s)",
+                record.run_id,
+                describe_cell(record.cell),
+                split,
+                str(error).splitlines()[0] if str(error) else type(error).__name__,
+            )
 
 
 def attribute_pretraining(tracker: SweepTracker, records: Sequence[RunRecord]) -> None:
@@ -212,8 +250,9 @@ def attribute_pretraining(tracker: SweepTracker, records: Sequence[RunRecord]) -
     for key, group in users.items():
         run = pretraining.get(key)
         if run is None:
-            log.warning("pretraining run %s (used by %d fine-tune runs) not found: its time is not counted", key,
-                        len(group))
+            log.warning(
+                "pretraining run %s (used by %d fine-tune runs) not found: its time is not counted", key, len(group)
+            )
             continue
         seconds = float(run.data.metrics.get("train_seconds", 0.0))
         for record in group:
@@ -221,8 +260,9 @@ def attribute_pretraining(tracker: SweepTracker, records: Sequence[RunRecord]) -
             record.pretrain_device = run.data.tags.get("device", record.device)
 
 
-def collect(tracker: SweepTracker, folder: Path,
-            current_keys: set[str] = frozenset()) -> tuple[list[RunRecord], list[str]]:
+def collect(
+    tracker: SweepTracker, folder: Path, current_keys: set[str] = frozenset()
+) -> tuple[list[RunRecord], list[str]]:
     """The sweep's FINISHED fine-tune runs, one per model cell, with predictions and pretraining shares."""
     records, notes = deduplicate((RunRecord.from_run(run) for run in finished_finetune_runs(tracker)), current_keys)
     for note in notes:
@@ -272,8 +312,10 @@ class ColumnData:
 
     def column(self, num_classes: int) -> Column:
         seeds = sorted(self.outcomes)
-        classes = [[100 * self.outcomes[s].metrics.get(f"test_acc_class_{i}", math.nan) for i in range(num_classes)]
-                   for s in seeds]
+        classes = [
+            [100 * self.outcomes[s].metrics.get(f"test_acc_class_{i}", math.nan) for i in range(num_classes)]
+            for s in seeds
+        ]
         accuracy = [100 * self.outcomes[s].metrics.get("test_acc", math.nan) for s in seeds]
         return Column.from_values(self.name, classes, accuracy, kind=self.kind)
 
@@ -333,13 +375,15 @@ def outcome_of_run(record: RunRecord) -> SeedOutcome:
         recomputed = classification_metrics(record.test.labels, record.test.probs)["test_acc"]
         logged = record.metrics.get("test_acc", math.nan)
         if not math.isclose(recomputed, logged, abs_tol=1e-6):
-            log.warning("run %s: test_acc %.6f in MLflow but %.6f from test_probs.npz", record.run_id, logged,
-                        recomputed)
+            log.warning(
+                "run %s: test_acc %.6f in MLflow but %.6f from test_probs.npz", record.run_id, logged, recomputed
+            )
     return outcome
 
 
-def single_columns(records: Sequence[RunRecord], naming: Naming, reference: str,
-                   model_order: Sequence[str]) -> list[ColumnData]:
+def single_columns(
+    records: Sequence[RunRecord], naming: Naming, reference: str, model_order: Sequence[str]
+) -> list[ColumnData]:
     columns: dict[str, ColumnData] = {}
     for record in records:
         name = naming.model_column(record, reference)
@@ -364,8 +408,9 @@ class Skip:
     reason: str
 
 
-def fusion_columns(records: Sequence[RunRecord], settings: AggregateSettings, naming: Naming, table: str,
-                   skipped: list[Skip]) -> list[ColumnData]:
+def fusion_columns(
+    records: Sequence[RunRecord], settings: AggregateSettings, naming: Naming, table: str, skipped: list[Skip]
+) -> list[ColumnData]:
     """Every fusion x rule x fine-tune mode of one table (its records), per seed; refusals go to ``skipped``."""
     groups: dict[tuple[str, int], list[RunRecord]] = defaultdict(list)
     for record in records:
@@ -376,8 +421,14 @@ def fusion_columns(records: Sequence[RunRecord], settings: AggregateSettings, na
     for fusion, members in settings.fusions.items():
         present = [m for m in members if any(member_matches(r, m) for r in records)]
         if not present:
-            skipped.append(Skip(table, f"{fusion}:*", "*", f"none of its members ({', '.join(members)}) has a "
-                                                            f"FINISHED run in this table"))
+            skipped.append(
+                Skip(
+                    table,
+                    f"{fusion}:*",
+                    "*",
+                    f"none of its members ({', '.join(members)}) has a FINISHED run in this table",
+                )
+            )
             continue
         for mode in modes:
             if not any(member_matches(r, m) for m in members for s in seeds for r in groups.get((mode, s), [])):
@@ -453,16 +504,30 @@ def fuse_group(rule: str, records: Sequence[RunRecord], settings: AggregateSetti
     if missing:
         raise FusionMismatchError(f"no test predictions (test_probs.npz) for {', '.join(missing)}")
     members = [Member(r.model, r.test, r.val) for r in records]  # type: ignore[arg-type]
-    result = fuse(rule, members, greedy_metric=settings.greedy_metric, greedy_rounds=settings.greedy_rounds,
-                  stacking_c=settings.stacking_c)
+    result = fuse(
+        rule,
+        members,
+        greedy_metric=settings.greedy_metric,
+        greedy_rounds=settings.greedy_rounds,
+        stacking_c=settings.stacking_c,
+    )
     test = records[0].test
     assert test is not None
     metrics = classification_metrics(test.labels, result.probs)
     hours = [r.hours() for r in records]
     n_labels = max((r.n_labels for r in records), default=math.nan)
-    outcome = SeedOutcome(records[0].seed, metrics, [r.run_id for r in records], n_labels,
-                          sum(h[0] for h in hours), sum(h[1] for h in hours), test.labels, result.predictions,
-                          test.split_digest, confusion(test.labels, result.probs))
+    outcome = SeedOutcome(
+        records[0].seed,
+        metrics,
+        [r.run_id for r in records],
+        n_labels,
+        sum(h[0] for h in hours),
+        sum(h[1] for h in hours),
+        test.labels,
+        result.predictions,
+        test.split_digest,
+        confusion(test.labels, result.probs),
+    )
     details = {name: value for name, value in result.details.items() if name in ("weights", "deciding_share")}
     details["members"] = {r.model: r.run_id for r in records}
     return outcome, details
@@ -471,8 +536,9 @@ def fuse_group(rule: str, records: Sequence[RunRecord], settings: AggregateSetti
 # --------------------------------------------------------------------------- statistics
 
 
-def column_statistics(column: ColumnData, reference: ColumnData | None, settings: AggregateSettings,
-                      num_classes: int, weights_cache: dict) -> dict:
+def column_statistics(
+    column: ColumnData, reference: ColumnData | None, settings: AggregateSettings, num_classes: int, weights_cache: dict
+) -> dict:
     """Bootstrap intervals of the seed-averaged scores and the paired test against the reference."""
     row: dict = {}
     seeds = [s for s in sorted(column.outcomes) if column.outcomes[s].predictions is not None]
@@ -482,30 +548,49 @@ def column_statistics(column: ColumnData, reference: ColumnData | None, settings
         predictions = np.stack([column.outcomes[s].predictions for s in seeds])
         weights = _weights(len(labels), settings, weights_cache)
         for score in stats.SCORES:
-            low, high = stats.bootstrap_ci(labels, predictions, score, confidence=settings.confidence,
-                                           num_classes=num_classes, weights=weights)
+            low, high = stats.bootstrap_ci(
+                labels, predictions, score, confidence=settings.confidence, num_classes=num_classes, weights=weights
+            )
             row[f"{score}_ci_low"], row[f"{score}_ci_high"] = 100 * low, 100 * high
     if reference is None or column is reference:
         return row
-    shared = [s for s in seeds if s in reference.outcomes and reference.outcomes[s].predictions is not None
-              and reference.outcomes[s].digest == column.outcomes[s].digest]
+    shared = [
+        s
+        for s in seeds
+        if s in reference.outcomes
+        and reference.outcomes[s].predictions is not None
+        and reference.outcomes[s].digest == column.outcomes[s].digest
+    ]
     if not shared:
         return row
     tests = []
     for seed in shared:
         ours, theirs = column.outcomes[seed], reference.outcomes[seed]
         result = stats.mcnemar(theirs.predictions == theirs.labels, ours.predictions == ours.labels)
-        tests.append({"seed": seed, "b_reference_only": result.b, "c_model_only": result.c,
-                      "statistic": result.statistic, "p_value": result.p_value, "method": f"mcnemar_{result.method}"})
+        tests.append(
+            {
+                "seed": seed,
+                "b_reference_only": result.b,
+                "c_model_only": result.c,
+                "statistic": result.statistic,
+                "p_value": result.p_value,
+                "method": f"mcnemar_{result.method}",
+            }
+        )
     row["paired_tests"] = tests
     labels = column.outcomes[shared[0]].labels
     if len(shared) == 1:
         row["paired_test"], row["p_value"] = tests[0]["method"], tests[0]["p_value"]
     else:
-        paired = stats.paired_bootstrap(labels, np.stack([reference.outcomes[s].predictions for s in shared]),
-                                        np.stack([column.outcomes[s].predictions for s in shared]), "accuracy",
-                                        confidence=settings.confidence, num_classes=num_classes,
-                                        weights=_weights(len(labels), settings, weights_cache))
+        paired = stats.paired_bootstrap(
+            labels,
+            np.stack([reference.outcomes[s].predictions for s in shared]),
+            np.stack([column.outcomes[s].predictions for s in shared]),
+            "accuracy",
+            confidence=settings.confidence,
+            num_classes=num_classes,
+            weights=_weights(len(labels), settings, weights_cache),
+        )
         row["paired_test"], row["p_value"] = "paired_bootstrap", paired.p_value
     row["paired_seeds"] = len(shared)
     return row
@@ -546,8 +631,15 @@ class TableResult:
         return {c.name: [rid for s in sorted(c.outcomes) for rid in c.outcomes[s].run_ids] for c in self.columns}
 
 
-def build_table(stem: str, records: Sequence[RunRecord], settings: AggregateSettings, naming: Naming,
-                model_order: Sequence[str], skipped: list[Skip], weights_cache: dict) -> TableResult:
+def build_table(
+    stem: str,
+    records: Sequence[RunRecord],
+    settings: AggregateSettings,
+    naming: Naming,
+    model_order: Sequence[str],
+    skipped: list[Skip],
+    weights_cache: dict,
+) -> TableResult:
     first = records[0]
     num_classes = max(r.num_classes for r in records)
     class_names = next((r.class_names for r in records if len(r.class_names) == num_classes), [])
@@ -556,10 +648,22 @@ def build_table(stem: str, records: Sequence[RunRecord], settings: AggregateSett
     columns = singles + fusions
     means, stds = class_table([c.column(num_classes) for c in columns])
     references = [c for c in singles if c.kind == "reference"]
-    statistics = {c.name: column_statistics(c, reference_for(c, references), settings, num_classes, weights_cache)
-                  for c in columns}
-    return TableResult(stem, first.dataset, first.size, first.label_fraction, first.class_weight, class_names,
-                       columns, means, stds, statistics)
+    statistics = {
+        c.name: column_statistics(c, reference_for(c, references), settings, num_classes, weights_cache)
+        for c in columns
+    }
+    return TableResult(
+        stem,
+        first.dataset,
+        first.size,
+        first.label_fraction,
+        first.class_weight,
+        class_names,
+        columns,
+        means,
+        stds,
+        statistics,
+    )
 
 
 def _budget_order(fraction: str) -> tuple:
@@ -571,22 +675,29 @@ def _budget_order(fraction: str) -> tuple:
 
 
 def write_table(table: TableResult, folder: Path, sweep_name: str, confidence: float = 0.95) -> list[Path]:
-    caption = (f"{sweep_name}: {table.dataset} ({table.size} px), labels {table.label_fraction}, class weight "
-               f"{table.class_weight}; test accuracy (%)")
+    caption = (
+        f"{sweep_name}: {table.dataset} ({table.size} px), labels {table.label_fraction}, class weight "
+        f"{table.class_weight}; test accuracy (%)"
+    )
     n_seeds = max(len(c.outcomes) for c in table.columns)
     if n_seeds > 1:
         caption += f", mean ± std over up to {n_seeds} seeds"
-    paths = write_class_table(table.means, table.stds, folder, table.stem, caption=caption,
-                              class_names=table.class_names)
+    paths = write_class_table(
+        table.means, table.stds, folder, table.stem, caption=caption, class_names=table.class_names
+    )
     rows = []
     for column in table.columns:
         info = table.statistics.get(column.name, {})
-        rows.append({
-            "model": column.name, "seeds": str(len(column.outcomes)),
-            f"accuracy {100 * confidence:g}% CI": _interval(info, ACCURACY),
-            f"mean class acc. {100 * confidence:g}% CI": _interval(info, MEAN_CLASS_ACCURACY),
-            "vs reference": info.get("paired_test", ""), "p": stats.format_p(info.get("p_value", math.nan)),
-        })
+        rows.append(
+            {
+                "model": column.name,
+                "seeds": str(len(column.outcomes)),
+                f"accuracy {100 * confidence:g}% CI": _interval(info, ACCURACY),
+                f"mean class acc. {100 * confidence:g}% CI": _interval(info, MEAN_CLASS_ACCURACY),
+                "vs reference": info.get("paired_test", ""),
+                "p": stats.format_p(info.get("p_value", math.nan)),
+            }
+        )
     block = markdown(pd.DataFrame(rows), index_label=None)
     if any(column.kind == "reference" for column in table.columns):
         note = "paired tests compare each model with the reference model on the same labels and seeds."
@@ -611,11 +722,22 @@ def summary_frame(tables: Sequence[TableResult]) -> tuple[pd.DataFrame, pd.DataF
     for table in tables:
         for column in table.columns:
             info = table.statistics.get(column.name, {})
-            row = {"table": table.stem, "dataset": table.dataset, "size": table.size,
-                   "label_fraction": table.label_fraction, "class_weight": table.class_weight, "model": column.name,
-                   "kind": column.kind, "n_seeds": len(column.outcomes)}
-            display = {"dataset": table.dataset, "labels": table.label_fraction, "class weight": table.class_weight,
-                       "model": column.name}
+            row = {
+                "table": table.stem,
+                "dataset": table.dataset,
+                "size": table.size,
+                "label_fraction": table.label_fraction,
+                "class_weight": table.class_weight,
+                "model": column.name,
+                "kind": column.kind,
+                "n_seeds": len(column.outcomes),
+            }
+            display = {
+                "dataset": table.dataset,
+                "labels": table.label_fraction,
+                "class weight": table.class_weight,
+                "model": column.name,
+            }
             per_seed_mca = column.column(_classes(table)).mean_class_accuracy_per_seed()  # already in %
             for name, values, scale in (
                 (ACCURACY, column.values("acc"), 100.0),
@@ -653,8 +775,9 @@ def paired_tests_frame(tables: Sequence[TableResult]) -> pd.DataFrame:
         for column, info in table.statistics.items():
             for test in info.get("paired_tests", []):
                 rows.append({"table": table.stem, "model": column, **test})
-    return pd.DataFrame(rows, columns=["table", "model", "seed", "b_reference_only", "c_model_only", "statistic",
-                                       "p_value", "method"])
+    return pd.DataFrame(
+        rows, columns=["table", "model", "seed", "b_reference_only", "c_model_only", "statistic", "p_value", "method"]
+    )
 
 
 def metric_history(tracker: SweepTracker, run_id: str, metric: str) -> tuple[list[int], list[float]]:
@@ -670,10 +793,18 @@ def table_plots(tracker: SweepTracker, table: TableResult, folder: Path, sweep_n
     suffix = table.stem.removeprefix("table_")
     title = f"{sweep_name}: {table.dataset}, labels {table.label_fraction}, cw {table.class_weight}"
     class_rows = table.means.iloc[:-2]
-    paths = [plot_class_bars(class_rows, folder / f"per_class_{suffix}.png", table.class_names,
-                             f"per-class test accuracy — {title}", table.stds.iloc[:-2])]
-    curves = {c.name: [metric_history(tracker, r.run_id, "val_acc") for r in c.records]
-              for c in table.columns if c.records}
+    paths = [
+        plot_class_bars(
+            class_rows,
+            folder / f"per_class_{suffix}.png",
+            table.class_names,
+            f"per-class test accuracy — {title}",
+            table.stds.iloc[:-2],
+        )
+    ]
+    curves = {
+        c.name: [metric_history(tracker, r.run_id, "val_acc") for r in c.records] for c in table.columns if c.records
+    }
     if any(epochs for per_seed in curves.values() for epochs, _ in per_seed):
         paths.append(plot_val_curves(curves, folder / f"val_curves_{suffix}.png", f"validation accuracy — {title}"))
     matrices = {}
@@ -683,8 +814,11 @@ def table_plots(tracker: SweepTracker, table: TableResult, folder: Path, sweep_n
             matrices[column.name + (f" (sum of {len(found)} seeds)" if len(found) > 1 else "")] = np.sum(found, axis=0)
     if matrices:
         names = table.class_names or [str(i) for i in range(_classes(table))]
-        paths.append(plot_confusion_grid(matrices, names, folder / f"confusion_{suffix}.png",
-                                         f"confusion matrices (test) — {title}"))
+        paths.append(
+            plot_confusion_grid(
+                matrices, names, folder / f"confusion_{suffix}.png", f"confusion matrices (test) — {title}"
+            )
+        )
     return paths
 
 
@@ -705,8 +839,11 @@ def budget_plots(tables: Sequence[TableResult], naming: Naming, folder: Path, sw
     for key, lines in series.items():
         if max(len(points) for points in lines.values()) < 2:
             continue  # one label budget: nothing to draw a line through
-        paths.append(plot_accuracy_vs_labels(lines, folder / f"accuracy_vs_labels_{key}.png",
-                                             f"test accuracy against labels — {titles[key]}"))
+        paths.append(
+            plot_accuracy_vs_labels(
+                lines, folder / f"accuracy_vs_labels_{key}.png", f"test accuracy against labels — {titles[key]}"
+            )
+        )
     return paths
 
 
@@ -754,13 +891,22 @@ def run_tags(sweep: SweepConfig, records: Sequence[RunRecord], project_root: Pat
     def joined(values: Iterable) -> str:
         return ",".join(sorted({str(v) for v in values}))
 
-    tags = {"sweep": sweep.name, "key": AGGREGATE_KEY, "stage": STAGE,
-            "method": joined(r.method for r in records), "model": joined(r.model for r in records),
-            "backbone": joined(r.backbone for r in records), "dataset": joined(r.dataset for r in records),
-            "label_fraction": joined(r.label_fraction for r in records),
-            "class_weight": joined(r.class_weight for r in records), "finetune": joined(r.finetune for r in records),
-            "seed": joined(r.seed for r in records), "n_runs": str(len(records)), "skipped_fusions": str(skipped),
-            "aggregate_settings": json.dumps(sweep.aggregate.model_dump(mode="json"), sort_keys=True)}
+    tags = {
+        "sweep": sweep.name,
+        "key": AGGREGATE_KEY,
+        "stage": STAGE,
+        "method": joined(r.method for r in records),
+        "model": joined(r.model for r in records),
+        "backbone": joined(r.backbone for r in records),
+        "dataset": joined(r.dataset for r in records),
+        "label_fraction": joined(r.label_fraction for r in records),
+        "class_weight": joined(r.class_weight for r in records),
+        "finetune": joined(r.finetune for r in records),
+        "seed": joined(r.seed for r in records),
+        "n_runs": str(len(records)),
+        "skipped_fusions": str(skipped),
+        "aggregate_settings": json.dumps(sweep.aggregate.model_dump(mode="json"), sort_keys=True),
+    }
     git = git_state(project_root)
     if git is not None:
         tags["mlflow.source.git.commit"] = git.commit
@@ -811,8 +957,10 @@ def aggregate_sweep(sweep: SweepConfig, project_root: Path, tracking_uri: str | 
     tracking_uri = tracking_uri or resolve_tracking_uri(project_root)
     tracker = SweepTracker.existing(tracking_uri, sweep.name)
     if tracker is None:
-        raise AggregationError(f"no MLflow experiment {sweep.name!r} in {tracking_uri}: run the sweep first "
-                               f"(python launch/sweep.py <sweep.yaml>)")
+        raise AggregationError(
+            f"no MLflow experiment {sweep.name!r} in {tracking_uri}: run the sweep first "
+            f"(python launch/sweep.py <sweep.yaml>)"
+        )
     final = results_dir(sweep, project_root)
     final.parent.mkdir(parents=True, exist_ok=True)
     with open(final.parent / f".{sweep.name}.lock", "a+") as lock:
@@ -837,8 +985,14 @@ def aggregate_sweep(sweep: SweepConfig, project_root: Path, tracking_uri: str | 
     return result
 
 
-def _aggregate(sweep: SweepConfig, tracker: SweepTracker, records: list[RunRecord], notes: list[str],
-               folder: Path, project_root: Path) -> AggregateResult:
+def _aggregate(
+    sweep: SweepConfig,
+    tracker: SweepTracker,
+    records: list[RunRecord],
+    notes: list[str],
+    folder: Path,
+    project_root: Path,
+) -> AggregateResult:
     settings = sweep.aggregate
     naming = Naming.of(records, settings.reference)
     by_table: dict[tuple, list[RunRecord]] = defaultdict(list)
@@ -855,18 +1009,30 @@ def _aggregate(sweep: SweepConfig, tracker: SweepTracker, records: list[RunRecor
             table.paths += table_plots(tracker, table, folder, sweep.name)
         tables.append(table)
     summary, shown = summary_frame(tables)
-    write_frame(summary, folder, "summary", shown=shown,
-                caption=f"{sweep.name}: summary (accuracy in %, AUC / F1 / kappa as fractions; hours per seed)")
+    write_frame(
+        summary,
+        folder,
+        "summary",
+        shown=shown,
+        caption=f"{sweep.name}: summary (accuracy in %, AUC / F1 / kappa as fractions; hours per seed)",
+    )
     paired_tests_frame(tables).to_csv(folder / "paired_tests.csv", index=False, float_format="%.10g")
     pd.DataFrame([vars(s) for s in skipped], columns=["table", "column", "seed", "reason"]).to_csv(
-        folder / "skipped.csv", index=False)
+        folder / "skipped.csv", index=False
+    )
     if settings.plots:
         budget_plots(tables, naming, folder, sweep.name)
-    runs = [{"table": t.stem, "column": c.name, "seed": s, "run_id": rid} for t in tables for c in t.columns
-            for s in sorted(c.outcomes) for rid in c.outcomes[s].run_ids]
+    runs = [
+        {"table": t.stem, "column": c.name, "seed": s, "run_id": rid}
+        for t in tables
+        for c in t.columns
+        for s in sorted(c.outcomes)
+        for rid in c.outcomes[s].run_ids
+    ]
     pd.DataFrame(runs).to_csv(folder / "runs.csv", index=False)
-    details = {t.stem: {c.name: {str(s): d for s, d in c.details.items()} for c in t.columns if c.details}
-               for t in tables}
+    details = {
+        t.stem: {c.name: {str(s): d for s, d in c.details.items()} for c in t.columns if c.details} for t in tables
+    }
     (folder / "fusions.json").write_text(json.dumps(details, indent=2, default=float))
     (folder / "notes.md").write_text(_notes(sweep, records, notes, skipped))
     return AggregateResult(folder, "", tables, skipped, notes, fusion_metrics(tables))
@@ -905,11 +1071,14 @@ def _manifest(folder: Path) -> set[str] | None:
 def refuse_foreign_folder(final: Path) -> None:
     """``results/<sweep>/`` is replaced on every run: refuse a non-empty folder this step did not write."""
     if final.is_symlink() or (final.exists() and not final.is_dir()):
-        raise AggregationError(f"{final} is not a folder the aggregation wrote (a link or a file); move it away "
-                               "or set results_dir")
+        raise AggregationError(
+            f"{final} is not a folder the aggregation wrote (a link or a file); move it away or set results_dir"
+        )
     if final.is_dir() and any(final.iterdir()) and _manifest(final) is None:
-        raise AggregationError(f"{final} holds files the aggregation did not write (no {MANIFEST}); move them "
-                               "away or set results_dir to another folder: nothing there is overwritten")
+        raise AggregationError(
+            f"{final} holds files the aggregation did not write (no {MANIFEST}); move them "
+            "away or set results_dir to another folder: nothing there is overwritten"
+        )
 
 
 def _replace(staging: Path, final: Path) -> None:
@@ -933,18 +1102,30 @@ def _replace(staging: Path, final: Path) -> None:
         destination.parent.mkdir(parents=True, exist_ok=True)
         (old / name).rename(destination)
         if name in produced:
-            log.warning("%s: %s was not written by the aggregation and its name is now an output; kept as %s",
-                        final, name, destination)
+            log.warning(
+                "%s: %s was not written by the aggregation and its name is now an output; kept as %s",
+                final,
+                name,
+                destination,
+            )
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _log_run(tracker: SweepTracker, sweep: SweepConfig, records: Sequence[RunRecord], result: AggregateResult,
-             folder: Path, written: Sequence[str], project_root: Path) -> str:
+def _log_run(
+    tracker: SweepTracker,
+    sweep: SweepConfig,
+    records: Sequence[RunRecord],
+    result: AggregateResult,
+    folder: Path,
+    written: Sequence[str],
+    project_root: Path,
+) -> str:
     """Logs the aggregation's own files (not what a user keeps beside them) into the sweep's aggregate run."""
     run_id = aggregate_run(tracker, run_tags(sweep, records, project_root, len(result.skipped)))
     try:
-        tracker.log_metrics(run_id, {**result.metrics, "n_runs": float(len(records)),
-                                     "skipped_fusions": float(len(result.skipped))})
+        tracker.log_metrics(
+            run_id, {**result.metrics, "n_runs": float(len(records)), "skipped_fusions": float(len(result.skipped))}
+        )
         for name in written:
             parent = str(Path(name).parent)
             tracker.client.log_artifact(run_id, str(folder / name), None if parent == "." else parent)
@@ -964,8 +1145,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fusion ensembles, tables, statistics and plots from a sweep's finished fine-tune runs.",
     )
     parser.add_argument("sweep", type=Path, help="the sweep YAML (e.g. sweeps/smoke.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="dotted.key=value",
-                        help="override a sweep field, e.g. --set aggregate.rules=[product,vote] (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="dotted.key=value",
+        help="override a sweep field, e.g. --set aggregate.rules=[product,vote] (repeatable)",
+    )
     return parser
 
 
@@ -985,9 +1172,11 @@ def main(argv: list[str], project_root: Path) -> int:
         return 1
     for skip in result.skipped:
         print(f"skipped fusion {skip.column} in {skip.table} (seed {skip.seed}): {skip.reason}", file=sys.stderr)
-    print(f"{sweep.name}: {len(result.tables)} tables, "
-          f"{sum(c.kind == 'fusion' for t in result.tables for c in t.columns)} fusion columns, "
-          f"{len(result.skipped)} fusions skipped")
+    print(
+        f"{sweep.name}: {len(result.tables)} tables, "
+        f"{sum(c.kind == 'fusion' for t in result.tables for c in t.columns)} fusion columns, "
+        f"{len(result.skipped)} fusions skipped"
+    )
     print(f"results: {result.results_dir}")
     print(f"MLflow run: {result.run_id} (experiment {sweep.name!r})")
     return 0

@@ -12,8 +12,8 @@ from ssl_hpc.config import BACKENDS, ConfigError, SweepConfig, load_sweep
 from ssl_hpc.data.image_folder import DatasetFolderError
 from ssl_hpc.data.loading import ensure_dataset
 from ssl_hpc.data.medmnist import DatasetMissingError, default_data_root
-from ssl_hpc.models.pretrained import PretrainedWeightsMissing, ensure_weights
 from ssl_hpc.jobs import Job, expand_jobs
+from ssl_hpc.models.pretrained import PretrainedWeightsMissing, ensure_weights
 from ssl_hpc.runner import RunContext
 from ssl_hpc.tracking import SweepTracker, git_state, resolve_tracking_uri
 
@@ -29,8 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, help="where jobs run (default: the sweep's 'backend')")
     parser.add_argument("--dry-run", action="store_true", help="list every job, its key and dependencies; run nothing")
     parser.add_argument("--status", action="store_true", help="one row per job: pending / running / finished / failed")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="dotted.key=value",
-                        help="override a sweep field, e.g. --set finetune.epochs=5 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="dotted.key=value",
+        help="override a sweep field, e.g. --set finetune.epochs=5 (repeatable)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -74,8 +80,13 @@ def prepare_data(sweep: SweepConfig, jobs: list[Job], data_root: Path) -> None:
             needed.update((name, job.config.size) for name in job.config.pretrain_settings.extra_unlabeled)
     for dataset, size in sorted(needed):
         ensure_dataset(dataset, size, data_root, sweep.datasets, download=sweep.data.download)
-    for backbone, weights in sorted({(job.config.backbone, job.config.model.pretrained_weights) for job in jobs
-                                     if job.config.model.pretrained_weights}):
+    for backbone, weights in sorted(
+        {
+            (job.config.backbone, job.config.model.pretrained_weights)
+            for job in jobs
+            if job.config.model.pretrained_weights
+        }
+    ):
         ensure_weights(backbone, weights, download=sweep.data.download)
 
 
@@ -136,8 +147,9 @@ def print_status(backend: str, jobs: list[Job], context: RunContext) -> int:
     return 0
 
 
-def launch(backend: str, sweep: SweepConfig, jobs: list[Job], context: RunContext,
-           project_root: Path | None = None) -> int:
+def launch(
+    backend: str, sweep: SweepConfig, jobs: list[Job], context: RunContext, project_root: Path | None = None
+) -> int:
     project_root = Path(project_root) if project_root is not None else Path(__file__).resolve().parents[1]
     if backend == "slurm":
         from ssl_hpc.launchers.slurm import main_submit

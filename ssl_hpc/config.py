@@ -16,10 +16,10 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ssl_hpc.data.medmnist import MEDMNIST_2D, SINGLE_LABEL
+from ssl_hpc.data.class_weights import CLASS_WEIGHT_RULES, is_known_rule
 from ssl_hpc.data.duplicates import DEFAULT_MIN_CORRELATION, DEFAULT_THRESHOLD
 from ssl_hpc.data.image_folder import ImageFolderSpec
-from ssl_hpc.data.class_weights import CLASS_WEIGHT_RULES, is_known_rule
+from ssl_hpc.data.medmnist import MEDMNIST_2D, SINGLE_LABEL
 from ssl_hpc.evaluate.fusion import FUSION_NAME, FUSION_RULES, GREEDY_METRICS
 from ssl_hpc.explain.settings import CamSettings
 from ssl_hpc.launchers.settings import RaySettings, SlurmSettings, TuneSettings
@@ -74,9 +74,9 @@ class FinetuneSettings(StageSettings):
 
     head: Literal["linear", "mlp"] = "linear"
     head_hidden: int = Field(512, ge=1)
-    trainable_last: int = Field(1, ge=1)                   # partial: the last N stages...
-    trainable_layers: int | None = Field(None, ge=1)        # ... or the last N layers with weights...
-    trainable_from: str | None = None                       # ... or every layer from this module on
+    trainable_last: int = Field(1, ge=1)  # partial: the last N stages...
+    trainable_layers: int | None = Field(None, ge=1)  # ... or the last N layers with weights...
+    trainable_from: str | None = None  # ... or every layer from this module on
     knn_k: int = Field(20, ge=1)
     augment: Literal["none", "flip", "crop_flip"] = "none"
     select_by: Literal["val_acc", "val_balanced_acc", "val_auc", "val_loss", "last"] = "val_acc"
@@ -149,8 +149,10 @@ class Grid(_Strict):
     def _known_class_weight(cls, values: list[str]) -> list[str]:
         for value in values:
             if not is_known_rule(value):
-                raise ValueError(f"unknown class weight rule {value!r}; accepted: {', '.join(CLASS_WEIGHT_RULES)}, "
-                                 "or critical:<class>=<weight> (e.g. critical:COVID=3)")
+                raise ValueError(
+                    f"unknown class weight rule {value!r}; accepted: {', '.join(CLASS_WEIGHT_RULES)}, "
+                    "or critical:<class>=<weight> (e.g. critical:COVID=3)"
+                )
         return values
 
     @field_validator("label_fraction")
@@ -169,8 +171,9 @@ class Grid(_Strict):
                 raise ValueError(f"labels_per_class {value} must be a positive integer or null")
         return values
 
-    @field_validator("dataset", "size", "method", "backbone", "label_fraction", "labels_per_class",
-                     "class_weight", "finetune")
+    @field_validator(
+        "dataset", "size", "method", "backbone", "label_fraction", "labels_per_class", "class_weight", "finetune"
+    )
     @classmethod
     def _not_empty(cls, values: list, info: ValidationInfo) -> list:
         if not values and info.field_name != "method":  # methods may all come as variants
@@ -288,8 +291,10 @@ def _check_fusion(name: str, members: list[str]) -> None:
         raise _field_error(field, f"repeated members in {members}")
     for member in members:
         if not member.strip() or member != member.strip():
-            raise _field_error(field, f"member {member!r} must be a model name: a method "
-                                      f"({', '.join(sorted(METHODS))}) or a variant's name")
+            raise _field_error(
+                field,
+                f"member {member!r} must be a model name: a method ({', '.join(sorted(METHODS))}) or a variant's name",
+            )
 
 
 class SweepConfig(_Strict):
@@ -298,8 +303,8 @@ class SweepConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     backend: Literal["local", "slurm", "ray"] = "local"
     data_root: str | None = None
-    output_dir: str = "outputs"    # run folders (checkpoints while a run is unfinished), per sweep
-    results_dir: str = "results"   # the aggregation's tables and figures, per sweep
+    output_dir: str = "outputs"  # run folders (checkpoints while a run is unfinished), per sweep
+    results_dir: str = "results"  # the aggregation's tables and figures, per sweep
     seeds: list[int] = [621]
     grid: Grid
     pretrain: PretrainSettings = PretrainSettings()
@@ -338,8 +343,9 @@ class SweepConfig(_Strict):
     def _dataset_names(cls, values: dict[str, ImageFolderSpec]) -> dict[str, ImageFolderSpec]:
         for name in values:
             if name in MEDMNIST_2D:
-                raise _field_error(f"datasets.{name}", f"{name!r} is a MedMNIST dataset's name; give the image "
-                                                       "folder its own name")
+                raise _field_error(
+                    f"datasets.{name}", f"{name!r} is a MedMNIST dataset's name; give the image folder its own name"
+                )
             if not DATASET_NAME.fullmatch(name):
                 raise _field_error(f"datasets.{name}", f"dataset name {name!r} must match {DATASET_NAME.pattern}")
         return values
@@ -353,29 +359,38 @@ class SweepConfig(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> SweepConfig:
         if not self.grid.method and not self.variants:
-            raise _field_error("grid.method", f"no method to run; accepted: {', '.join(sorted(METHODS))} "
-                                              "(or declare variants:)")
+            raise _field_error(
+                "grid.method", f"no method to run; accepted: {', '.join(sorted(METHODS))} (or declare variants:)"
+            )
         models = {*self.grid.method, *self.variants}
         for fusion, members in self.aggregate.fusions.items():
             unknown = [member for member in members if member not in models]
             if unknown:
-                raise _field_error(f"aggregate.fusions.{fusion}",
-                                   f"{', '.join(map(repr, unknown))} is not a model of this sweep; accepted: "
-                                   f"{', '.join(sorted(models))}")
+                raise _field_error(
+                    f"aggregate.fusions.{fusion}",
+                    f"{', '.join(map(repr, unknown))} is not a model of this sweep; accepted: "
+                    f"{', '.join(sorted(models))}",
+                )
         known = set(SINGLE_LABEL) | set(self.datasets)
         for entry, overrides in [*self.methods.items(), *self.variants.items()]:
             section = "variants" if entry in self.variants else "methods"
             for index, name in enumerate(overrides.pretrain.get("extra_unlabeled", ())):
                 if name not in known:
-                    raise _field_error(f"{section}.{entry}.pretrain.extra_unlabeled[{index}]",
-                                       f"unknown dataset {name!r}; accepted: {', '.join(sorted(known))}")
+                    raise _field_error(
+                        f"{section}.{entry}.pretrain.extra_unlabeled[{index}]",
+                        f"unknown dataset {name!r}; accepted: {', '.join(sorted(known))}",
+                    )
         for index, name in enumerate(self.pretrain.extra_unlabeled):
             if name not in known:
-                raise _field_error(f"pretrain.extra_unlabeled[{index}]",
-                                   f"unknown dataset {name!r}; accepted: {', '.join(sorted(known))}")
+                raise _field_error(
+                    f"pretrain.extra_unlabeled[{index}]",
+                    f"unknown dataset {name!r}; accepted: {', '.join(sorted(known))}",
+                )
             if name in self.grid.dataset:
-                raise _field_error(f"pretrain.extra_unlabeled[{index}]",
-                                   f"{name!r} is a dataset of the grid: its train split is pretrained on already")
+                raise _field_error(
+                    f"pretrain.extra_unlabeled[{index}]",
+                    f"{name!r} is a dataset of the grid: its train split is pretrained on already",
+                )
         accepted = ", ".join(sorted(SINGLE_LABEL))
         if self.datasets:
             accepted += f"; or a dataset declared under datasets: {', '.join(sorted(self.datasets))}"
@@ -441,7 +456,9 @@ def _field_error(field: str, message: str) -> _FieldError:
     return _FieldError(field, message)
 
 
-def _check_names(values: list[str], registry: typing.Mapping[str, Any] | typing.Collection[str], what: str) -> list[str]:
+def _check_names(
+    values: list[str], registry: typing.Mapping[str, Any] | typing.Collection[str], what: str
+) -> list[str]:
     for value in values:
         if value not in registry:
             raise ValueError(f"unknown {what} {value!r}; accepted: {', '.join(sorted(registry))}")
@@ -531,7 +548,7 @@ def _describe(error: ValidationError, model: type[BaseModel]) -> list[tuple[str,
         if isinstance(inner, _FieldError):
             field, message = inner.field, str(inner)
         elif message.startswith("Value error, "):
-            message = message[len("Value error, "):]
+            message = message[len("Value error, ") :]
         if item["type"] == "extra_forbidden":
             accepted = _accepted_fields(model, item["loc"][:-1])
             message = f"unknown field; accepted: {', '.join(accepted)}" if accepted else "unknown field"
@@ -576,7 +593,7 @@ def _accepted_fields(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _unwrap(annotation: Any) -> Any:
-    if typing.get_origin(annotation) in (Union, getattr(__import__("types"), "UnionType")):
+    if typing.get_origin(annotation) in (Union, __import__("types").UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return args[0] if len(args) == 1 else annotation
     return annotation

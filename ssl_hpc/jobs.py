@@ -116,8 +116,9 @@ def _relevant_pretrain(settings: PretrainSettings, method: str, view_preset: str
     if method != "mae":
         reset["mask_ratio"] = defaults.mask_ratio
     if view_preset != "contrastive":  # crop and flip only: no colour, grayscale or blur
-        reset.update(color_jitter=defaults.color_jitter, gray_scale_prob=defaults.gray_scale_prob,
-                     blur_prob=defaults.blur_prob)
+        reset.update(
+            color_jitter=defaults.color_jitter, gray_scale_prob=defaults.gray_scale_prob, blur_prob=defaults.blur_prob
+        )
     reset.update(_unused_optimizer_settings(settings))
     return settings.model_copy(update=reset)
 
@@ -144,12 +145,22 @@ def _entries(sweep: SweepConfig) -> list[_Entry]:
         overrides = sweep.methods.get(method)
         from_override = overrides is not None and overrides.backbone is not None
         backbones = tuple(overrides.backbone) if from_override else tuple(sweep.grid.backbone)
-        entries.append(_Entry(method, method, backbones, overrides,
-                              f"methods.{method}.backbone" if from_override else "grid.backbone"))
+        entries.append(
+            _Entry(
+                method, method, backbones, overrides, f"methods.{method}.backbone" if from_override else "grid.backbone"
+            )
+        )
     for name, variant in sweep.variants.items():
         backbones = tuple(variant.backbone) if variant.backbone is not None else tuple(sweep.grid.backbone)
-        entries.append(_Entry(name, variant.method, backbones, variant,
-                              f"variants.{name}.backbone" if variant.backbone is not None else "grid.backbone"))
+        entries.append(
+            _Entry(
+                name,
+                variant.method,
+                backbones,
+                variant,
+                f"variants.{name}.backbone" if variant.backbone is not None else "grid.backbone",
+            )
+        )
     for entry in entries:
         families = METHODS[entry.method].backbone_families
         wrong = [b for b in entry.backbones if families is not None and BACKBONE_FAMILIES[b] not in families]
@@ -170,7 +181,9 @@ def expand_jobs(sweep: SweepConfig) -> list[Job]:
     for entry in _entries(sweep):
         spec = METHODS[entry.method]
         overrides = entry.overrides
-        model = ModelSettings(**{**spec.model_defaults, **_layer(sweep.model), **(overrides.model if overrides else {})})
+        model = ModelSettings(
+            **{**spec.model_defaults, **_layer(sweep.model), **(overrides.model if overrides else {})}
+        )
         pretrain_settings = PretrainSettings(
             **{**spec.pretrain_defaults, **_layer(sweep.pretrain), **(overrides.pretrain if overrides else {})}
         )
@@ -181,12 +194,22 @@ def expand_jobs(sweep: SweepConfig) -> list[Job]:
         if model.pretrained_weights == IMAGENET:
             missing = [b for b in entry.backbones if b not in IMAGENET_WEIGHTS]
             if missing:
-                raise ConfigError(f"{entry.field}: no ImageNet weights for {', '.join(missing)} ({entry.name}); "
-                                  f"accepted: {', '.join(sorted(IMAGENET_WEIGHTS))}")
+                raise ConfigError(
+                    f"{entry.field}: no ImageNet weights for {', '.join(missing)} ({entry.name}); "
+                    f"accepted: {', '.join(sorted(IMAGENET_WEIGHTS))}"
+                )
         for seed, dataset, size, backbone in itertools.product(sweep.seeds, grid.dataset, grid.size, entry.backbones):
             model_name = entry.name if len(entry.backbones) == 1 else f"{entry.name}_{backbone}"
-            common = dict(method=entry.method, dataset=dataset, size=size, backbone=backbone, seed=seed, model=model,
-                          data=sweep.data, dataset_spec=sweep.datasets.get(dataset))
+            common = dict(
+                method=entry.method,
+                dataset=dataset,
+                size=size,
+                backbone=backbone,
+                seed=seed,
+                model=model,
+                data=sweep.data,
+                dataset_spec=sweep.datasets.get(dataset),
+            )
             pretrain_key = None
             if spec.needs_pretraining:
                 pretrain_config = RunConfig(stage="pretrain", pretrain_settings=pretrain_settings, **common)
@@ -212,8 +235,10 @@ def expand_jobs(sweep: SweepConfig) -> list[Job]:
                 depends = (pretrain_key,) if pretrain_key else ()
                 same = finetune_jobs.setdefault(key, Job(key, config, depends, model_name=model_name))
                 if same.model_name != model_name:
-                    raise ConfigError(f"variants: {model_name!r} runs exactly the same jobs as {same.model_name!r} "
-                                      "(same method and settings); give it a setting of its own or remove it")
+                    raise ConfigError(
+                        f"variants: {model_name!r} runs exactly the same jobs as {same.model_name!r} "
+                        "(same method and settings); give it a setting of its own or remove it"
+                    )
     return [*pretrain_jobs.values(), *finetune_jobs.values()]
 
 

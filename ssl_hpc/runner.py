@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from mlflow.entities import Run
 import torch
+from mlflow.entities import Run
 
 from ssl_hpc.config import RunConfig, RuntimeSettings
 from ssl_hpc.data.image_folder import ImageFolderSpec
-from ssl_hpc.explain.settings import CamSettings
 from ssl_hpc.data.loading import DatasetCache
+from ssl_hpc.explain.settings import CamSettings
 from ssl_hpc.jobs import Job
 from ssl_hpc.tracking import FAILED, FINISHED, KILLED, GitState, SweepTracker, flatten
 from ssl_hpc.train.checkpoint import save_atomic
@@ -167,8 +167,9 @@ def _open_run(tracker: SweepTracker, job: Job, context: RunContext, workdir: Pat
         tags["git_dirty"] = str(context.git.dirty).lower()
     # Resume into the same run from its checkpoint, or restart in it when it failed before logging any epoch
     # (a missing dataset, a pretraining job not finished yet): either way no second run for the key.
-    if existing is not None and ((workdir / LAST).is_file()
-                                 or not tracker.logged_steps(existing.info.run_id, "train_loss")):
+    if existing is not None and (
+        (workdir / LAST).is_file() or not tracker.logged_steps(existing.info.run_id, "train_loss")
+    ):
         run_id = existing.info.run_id
         tracker.reopen(run_id)
         attempts = int(existing.data.tags.get("attempts", "1")) + 1
@@ -237,8 +238,9 @@ def run_job(job: Job, context: RunContext, cache: DatasetCache | None = None) ->
             device = resolve_device(context.runtime.device)
             precision = Precision(device, context.runtime.bf16, context.runtime.channels_last, context.runtime.compile)
             handle = RunHandle(job, tracker, run_id, workdir, precision, context)
-            tracker.set_tags(run_id, {"device": device.type if device.type == "cpu"
-                                      else torch.cuda.get_device_name(device)})
+            tracker.set_tags(
+                run_id, {"device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device)}
+            )
             seed_everything(job.config.seed)
             _stage_runner(job.config)(handle, cache or DatasetCache(context.data_root, context.datasets))
         except BaseException as error:
@@ -262,8 +264,9 @@ def _remove_checkpoints(workdir: Path) -> None:
     shutil.rmtree(workdir / "artifacts", ignore_errors=True)
 
 
-def run_job_when_free(job: Job, context: RunContext, poll_s: float, timeout_s: float | None = None,
-                      cache: DatasetCache | None = None) -> str:
+def run_job_when_free(
+    job: Job, context: RunContext, poll_s: float, timeout_s: float | None = None, cache: DatasetCache | None = None
+) -> str:
     """``run_job``, waiting while another process holds the job's lock (a requeued attempt not yet gone, or
     a pretraining job another trial is running); ``busy`` only once ``timeout_s`` has passed."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s

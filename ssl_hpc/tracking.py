@@ -15,15 +15,16 @@ import os
 import random
 import subprocess
 import time
-from contextlib import contextmanager
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
+
+from mlflow import MlflowClient
 
 STORE_DIR = "mlflow"
 FINISHED, RUNNING, FAILED, KILLED = "FINISHED", "RUNNING", "FAILED", "KILLED"
@@ -41,7 +42,7 @@ def resolve_tracking_uri(project_root: Path, environ: Mapping[str, str] = os.env
 def local_database(tracking_uri: str) -> Path | None:
     """The database file behind a ``sqlite:///`` URI, else ``None``."""
     prefix = "sqlite:///"
-    return Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
+    return Path(tracking_uri[len(prefix) :]) if tracking_uri.startswith(prefix) else None
 
 
 def artifact_location(tracking_uri: str, experiment: str) -> str | None:
@@ -75,8 +76,9 @@ def git_state(project_root: Path) -> GitState | None:
     """The code a run used; ``None`` outside a git work tree."""
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(project_root), *args], check=True, capture_output=True,
-                              text=True).stdout
+        return subprocess.run(
+            ["git", "-C", str(project_root), *args], check=True, capture_output=True, text=True
+        ).stdout
 
     try:
         commit = git("rev-parse", "HEAD").strip()
@@ -198,8 +200,9 @@ class SweepTracker:
         runs: list[Run] = []
         token = None
         while True:
-            page = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000,
-                                           page_token=token)
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+            )
             runs.extend(page)
             token = page.token
             if not token:

@@ -77,7 +77,9 @@ def _probe(distribution: Distribution) -> Any:
 def validate_space(raw: dict[str, Any], settings: TuneSettings, source: str) -> None:
     """Each dimension must be a field of the sweep that accepts its values; refused naming ``tune.space.<key>``."""
     for key, distribution in settings.space.items():
-        probes = distribution.choice if distribution.kind == "choice" else list(getattr(distribution, distribution.kind))
+        probes = (
+            distribution.choice if distribution.kind == "choice" else list(getattr(distribution, distribution.kind))
+        )
         for probe in probes:
             try:
                 trial_sweep(raw, {key: probe}, source)
@@ -93,8 +95,12 @@ def search_space(settings: TuneSettings) -> dict[str, Any]:
     for key, distribution in settings.space.items():
         kind = distribution.kind
         value = getattr(distribution, kind)
-        space[key] = {"loguniform": lambda v: tune.loguniform(*v), "uniform": lambda v: tune.uniform(*v),
-                      "randint": lambda v: tune.randint(v[0], v[1] + 1), "choice": tune.choice}[kind](value)
+        space[key] = {
+            "loguniform": lambda v: tune.loguniform(*v),
+            "uniform": lambda v: tune.uniform(*v),
+            "randint": lambda v: tune.randint(v[0], v[1] + 1),
+            "choice": tune.choice,
+        }[kind](value)
     return space
 
 
@@ -122,10 +128,16 @@ def tune_trial(config: dict[str, Any], raw: dict[str, Any], context: RunContext,
         else:
             tune.report(result)
 
-    context = replace(context, on_epoch=report, extra_tags={
-        **context.extra_tags, "tune_trial_id": trial.get_trial_id(), "tune_experiment": trial.get_experiment_name(),
-        "tune_params": json.dumps(config, sort_keys=True),
-    })
+    context = replace(
+        context,
+        on_epoch=report,
+        extra_tags={
+            **context.extra_tags,
+            "tune_trial_id": trial.get_trial_id(),
+            "tune_experiment": trial.get_experiment_name(),
+            "tune_params": json.dumps(config, sort_keys=True),
+        },
+    )
     for job in jobs:
         if job.key == target.key:
             outcome = run_job(job, context)
@@ -162,8 +174,14 @@ def finalize_stopped(tracker: SweepTracker, trials: dict[str, tuple[str, bool]])
             continue
         if not errored and run.info.status in (RUNNING, KILLED):
             history = tracker.logged_steps(run.info.run_id, "train_loss")
-            tracker.set_tags(run.info.run_id, {"tune_stopped": "early", "tune_trial_id": trial_id,
-                                               "stopped_after_epoch": str(max(history) if history else -1)})
+            tracker.set_tags(
+                run.info.run_id,
+                {
+                    "tune_stopped": "early",
+                    "tune_trial_id": trial_id,
+                    "stopped_after_epoch": str(max(history) if history else -1),
+                },
+            )
             if run.data.tags.get("error_type") in ("SystemExit", "KeyboardInterrupt"):
                 for name in ("error", "error_type"):
                     if name in run.data.tags:
@@ -177,11 +195,18 @@ def finalize_stopped(tracker: SweepTracker, trials: dict[str, tuple[str, bool]])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch/tune.py",
-                                     description="Hyperparameter search with Ray Tune (ASHA); one MLflow run per trial.")
+    parser = argparse.ArgumentParser(
+        prog="launch/tune.py", description="Hyperparameter search with Ray Tune (ASHA); one MLflow run per trial."
+    )
     parser.add_argument("sweep", type=Path, help="a sweep YAML with a tune: section (e.g. sweeps/tune_smoke.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="dotted.key=value",
-                        help="override a sweep field (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="dotted.key=value",
+        help="override a sweep field (repeatable)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate the search space and exit")
     return parser
 
@@ -201,8 +226,10 @@ def main(argv: list[str], project_root: Path) -> int:
         return 2
     settings = sweep.tune
     if args.dry_run:
-        print(f"{sweep.name}: {settings.num_samples} trials over {', '.join(settings.space)}; metric "
-              f"{settings.metric} ({settings.mode})")
+        print(
+            f"{sweep.name}: {settings.num_samples} trials over {', '.join(settings.space)}; metric "
+            f"{settings.metric} ({settings.mode})"
+        )
         return 0
 
     from ssl_hpc.cli import make_context, prepare_data
@@ -225,8 +252,9 @@ def main(argv: list[str], project_root: Path) -> int:
     return 0 if outcomes and all(status in ("FINISHED", KILLED) for status in outcomes.values()) else 1
 
 
-def run_search(raw: dict[str, Any], sweep: SweepConfig, context: RunContext, project_root: Path,
-               source: str) -> dict[str, str]:
+def run_search(
+    raw: dict[str, Any], sweep: SweepConfig, context: RunContext, project_root: Path, source: str
+) -> dict[str, str]:
     """Runs the trials; returns fine-tune key -> final MLflow status."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -239,8 +267,16 @@ def run_search(raw: dict[str, Any], sweep: SweepConfig, context: RunContext, pro
     asha = settings.scheduler.asha
     finetune_epochs = trial_jobs(trial_sweep(raw, {k: _probe(d) for k, d in settings.space.items()}, source))[1]
     max_t = (asha.max_t if asha and asha.max_t else None) or max(1, finetune_epochs.config.finetune_settings.epochs)
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=asha.grace_period,
-                              reduction_factor=asha.reduction_factor) if asha else None
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=max_t,
+            grace_period=asha.grace_period,
+            reduction_factor=asha.reduction_factor,
+        )
+        if asha
+        else None
+    )
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, raw=raw, context=context, source=source),
         {"cpu": sweep.ray.cpus_per_job, "gpu": sweep.ray.gpus_per_job},
@@ -253,8 +289,11 @@ def run_search(raw: dict[str, Any], sweep: SweepConfig, context: RunContext, pro
             trainable,
             param_space=search_space(settings),
             tune_config=tune.TuneConfig(
-                metric=settings.metric, mode=settings.mode, num_samples=settings.num_samples,
-                max_concurrent_trials=settings.max_concurrent, scheduler=scheduler,
+                metric=settings.metric,
+                mode=settings.mode,
+                num_samples=settings.num_samples,
+                max_concurrent_trials=settings.max_concurrent,
+                scheduler=scheduler,
                 search_alg=BasicVariantGenerator(random_state=settings.seed),
             ),
             run_config=tune.RunConfig(name=sweep.name, storage_path=str(storage), verbose=1),

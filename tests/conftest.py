@@ -34,14 +34,16 @@ def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
 
 
-def run_sweep_cli(args: list[str], env_extra: dict[str, str], timeout: float = 900,
-                  wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+def run_sweep_cli(
+    args: list[str], env_extra: dict[str, str], timeout: float = 900, wait: bool = True
+) -> subprocess.CompletedProcess | subprocess.Popen:
     """Runs ``python launch/sweep.py ARGS`` as a user would, in a fresh process."""
     env = {**os.environ, **env_extra}
     command = [sys.executable, str(PROJECT_ROOT / "launch" / "sweep.py"), *args]
     if not wait:
-        return subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+        return subprocess.Popen(
+            command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     return subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -57,8 +59,13 @@ SLURM_STATE = Path(os.environ.get("SSL_HPC_SLURM_DIR", "/tmp/ssl-hpc-slurm"))
 
 def _sinfo_answers(conf: str) -> bool:
     try:
-        result = subprocess.run(["sinfo", "-h", "-o", "%P %a"], env={**os.environ, "SLURM_CONF": conf},
-                                capture_output=True, text=True, timeout=20)
+        result = subprocess.run(
+            ["sinfo", "-h", "-o", "%P %a"],
+            env={**os.environ, "SLURM_CONF": conf},
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0 and " up" in result.stdout
@@ -71,8 +78,9 @@ class SlurmCluster:
         self.conf = conf
 
     def run(self, *args: str, check: bool = True) -> str:
-        result = subprocess.run(list(args), capture_output=True, text=True, timeout=60,
-                                env={**os.environ, "SLURM_CONF": self.conf})
+        result = subprocess.run(
+            list(args), capture_output=True, text=True, timeout=60, env={**os.environ, "SLURM_CONF": self.conf}
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(args)}: {result.stderr or result.stdout}")
         return result.stdout
@@ -105,8 +113,11 @@ class SlurmCluster:
         """Until none of the jobs is queued; requeued jobs held in BeginTime (~2 min) are released at once."""
         deadline = time.time() + timeout
         while True:
-            queue = {job_id: entry for job_id, entry in self.queue(job_ids).items()
-                     if entry[0] not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")}
+            queue = {
+                job_id: entry
+                for job_id, entry in self.queue(job_ids).items()
+                if entry[0] not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+            }
             if not queue:
                 return
             if release_requeued:
@@ -134,8 +145,9 @@ def slurm_cluster():
     conf = next((c for c in candidates if c and Path(c).is_file() and _sinfo_answers(c)), None)
     started = False
     if conf is None and shutil.which("bash") and os.geteuid() == 0:
-        result = subprocess.run(["bash", str(PROJECT_ROOT / "slurm" / "local" / "up.sh")], capture_output=True,
-                                text=True, timeout=1200)
+        result = subprocess.run(
+            ["bash", str(PROJECT_ROOT / "slurm" / "local" / "up.sh")], capture_output=True, text=True, timeout=1200
+        )
         lines = [line for line in result.stdout.splitlines() if line.startswith("SLURM_CONF=")]
         if result.returncode == 0 and lines:
             conf, started = lines[-1].split("=", 1)[1], True

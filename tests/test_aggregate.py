@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from mlflow import MlflowClient
 from ssl_hpc.aggregate import main
 from ssl_hpc.evaluate.fusion import EPS
 from ssl_hpc.evaluate.metrics import classification_metrics
@@ -39,8 +39,7 @@ def probabilities(rng, labels, signal):
 
 
 def save_npz(path: Path, probs, labels, digest) -> Path:
-    np.savez_compressed(path, probs=probs, labels=labels, indices=np.arange(len(labels)),
-                        split_digest=np.array(digest))
+    np.savez_compressed(path, probs=probs, labels=labels, indices=np.arange(len(labels)), split_digest=np.array(digest))
     return path
 
 
@@ -59,21 +58,46 @@ class Store:
 
     def pretrain(self, method: str) -> str:
         key = f"pre{method}"
-        run_id = self.tracker.create_run(f"{method}-pretrain", {"sweep": self.sweep, "key": key, "stage": "pretrain",
-                                                                 "method": method, "device": "NVIDIA A100"}, {})
+        run_id = self.tracker.create_run(
+            f"{method}-pretrain",
+            {"sweep": self.sweep, "key": key, "stage": "pretrain", "method": method, "device": "NVIDIA A100"},
+            {},
+        )
         self.tracker.log_metrics(run_id, {"train_seconds": PRETRAIN_SECONDS[method]})
         self.tracker.finish(run_id)
         return key
 
-    def finetune(self, model: str, finetune: str, fraction: str, signal: float, test_digest: str = "TEST",
-                 status: str = FINISHED, device: str = "NVIDIA A100", seed: int = SEED) -> str:
+    def finetune(
+        self,
+        model: str,
+        finetune: str,
+        fraction: str,
+        signal: float,
+        test_digest: str = "TEST",
+        status: str = FINISHED,
+        device: str = "NVIDIA A100",
+        seed: int = SEED,
+    ) -> str:
         self.count += 1
         rng = np.random.default_rng(self.count)
         method = "supervised" if model == "supervised" else model
-        tags = {"sweep": self.sweep, "key": f"k{self.count:03d}", "stage": "finetune", "method": method, "model": model,
-                "backbone": "resnet18", "dataset": "bloodmnist", "size": "28", "label_fraction": fraction,
-                "class_weight": "none", "finetune": finetune, "seed": str(seed), "n_labels": str(FRACTIONS[fraction]),
-                "class_names": CLASS_NAMES, "device": device}
+        tags = {
+            "sweep": self.sweep,
+            "key": f"k{self.count:03d}",
+            "stage": "finetune",
+            "method": method,
+            "model": model,
+            "backbone": "resnet18",
+            "dataset": "bloodmnist",
+            "size": "28",
+            "label_fraction": fraction,
+            "class_weight": "none",
+            "finetune": finetune,
+            "seed": str(seed),
+            "n_labels": str(FRACTIONS[fraction]),
+            "class_names": CLASS_NAMES,
+            "device": device,
+        }
         if method != "supervised":
             tags["pretrain_key"] = f"pre{method}"
         run_id = self.tracker.create_run(f"{model}-{finetune}-{fraction}", tags, {})
@@ -86,7 +110,9 @@ class Store:
         self.tracker.client.log_batch(run_id, metrics=history)
         folder = self.folder / self.sweep / run_id
         folder.mkdir(parents=True)
-        self.tracker.log_artifact(run_id, save_npz(folder / "test_probs.npz", test_probs, self.test_labels, test_digest))
+        self.tracker.log_artifact(
+            run_id, save_npz(folder / "test_probs.npz", test_probs, self.test_labels, test_digest)
+        )
         self.tracker.log_artifact(run_id, save_npz(folder / "val_probs.npz", val_probs, self.val_labels, "VAL"))
         self.tracker.finish(run_id, status)
         self.probs[(model, finetune, fraction) + ((seed,) if seed != SEED else ())] = test_probs
@@ -130,11 +156,16 @@ def project(tmp_path, monkeypatch, stores):
     root = tmp_path / "project"
     root.mkdir()
     # Every fusion member must be a model of the sweep; aim and mae never ran (their fusions are skipped).
-    sweep = {"name": SWEEP,
-             "grid": {"dataset": ["bloodmnist"], "method": ["supervised", "simclr", "mocov2", "aim", "mae"],
-                      "finetune": ["frozen", "end_to_end"]},
-             "methods": {"aim": {"backbone": ["vit_mini"]}, "mae": {"backbone": ["vit_mini"]}},
-             "aggregate": {"fusions": FUSIONS, "rules": RULES, "bootstrap_resamples": 200}}
+    sweep = {
+        "name": SWEEP,
+        "grid": {
+            "dataset": ["bloodmnist"],
+            "method": ["supervised", "simclr", "mocov2", "aim", "mae"],
+            "finetune": ["frozen", "end_to_end"],
+        },
+        "methods": {"aim": {"backbone": ["vit_mini"]}, "mae": {"backbone": ["vit_mini"]}},
+        "aggregate": {"fusions": FUSIONS, "rules": RULES, "bootstrap_resamples": 200},
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     return {"root": root, "uri": stores["uri"], "sweep": path, "store": stores["normal"], "stores": stores}
@@ -200,7 +231,8 @@ def test_tables_fusions_metrics_and_rerun(project, capsys):
     assert row["n_labels"] == 75
     fusion = summary[(summary["model"] == "ssl_pair:product/frozen") & (summary["label_fraction"] == "0.25")].iloc[0]
     assert fusion["gpu_hours"] == pytest.approx(
-        (2 * FINETUNE_SECONDS + PRETRAIN_SECONDS["mocov2"] / 4 + PRETRAIN_SECONDS["simclr"] / 4) / 3600)
+        (2 * FINETUNE_SECONDS + PRETRAIN_SECONDS["mocov2"] / 4 + PRETRAIN_SECONDS["simclr"] / 4) / 3600
+    )
     for metric in ("auc", "f1_macro", "kappa", "accuracy_ci_low", "accuracy_ci_high", "p_value"):
         assert metric in summary.columns
     reference_rows = summary[summary["kind"] == "reference"]
@@ -212,8 +244,12 @@ def test_tables_fusions_metrics_and_rerun(project, capsys):
     assert len(pd.read_csv(results / "paired_tests.csv")) == len(others)
 
     # --- plots
-    for name in ("per_class_bloodmnist_1.0.png", "val_curves_bloodmnist_1.0.png", "confusion_bloodmnist_0.25.png",
-                 "accuracy_vs_labels_bloodmnist.png"):
+    for name in (
+        "per_class_bloodmnist_1.0.png",
+        "val_curves_bloodmnist_1.0.png",
+        "confusion_bloodmnist_0.25.png",
+        "accuracy_vs_labels_bloodmnist.png",
+    ):
         assert (results / name).stat().st_size > 1000
 
     # --- the aggregate MLflow run: artifacts, fusion metrics named like the runs' metrics
@@ -234,8 +270,13 @@ def test_tables_fusions_metrics_and_rerun(project, capsys):
 
     # --- re-running replaces its own outputs, keeps what a user put beside them, and reuses the aggregate run
     (results / "my_notes.txt").write_text("a user's notes")
-    assert main([str(project["sweep"]), "--set", "aggregate.rules=[mean]", "--set", "aggregate.plots=false"],
-                project_root=root) == 0
+    assert (
+        main(
+            [str(project["sweep"]), "--set", "aggregate.rules=[mean]", "--set", "aggregate.plots=false"],
+            project_root=root,
+        )
+        == 0
+    )
     (again,) = aggregate_runs(client, experiment.experiment_id)
     assert again.info.run_id == aggregate.info.run_id and again.info.status == FINISHED
     assert (results / "my_notes.txt").read_text() == "a user's notes"
@@ -262,8 +303,23 @@ def test_mismatched_split_digest_makes_the_fusion_refuse(project, capsys):
     root = project["root"]
     sweep = str(project["sweep"])
     fusions = "aggregate.fusions={ssl_pair: [simclr, mocov2], vit: [aim, mae]}"
-    assert main([sweep, "--set", "name=agg_mismatch", "--set", fusions, "--set", "aggregate.rules=[product]",
-                 "--set", "aggregate.plots=false"], project_root=root) == 0
+    assert (
+        main(
+            [
+                sweep,
+                "--set",
+                "name=agg_mismatch",
+                "--set",
+                fusions,
+                "--set",
+                "aggregate.rules=[product]",
+                "--set",
+                "aggregate.plots=false",
+            ],
+            project_root=root,
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     results = root / "results" / "agg_mismatch"
     full = pd.read_csv(results / "table_bloodmnist_1.0.csv", index_col="row")
@@ -282,8 +338,21 @@ def test_mismatched_split_digest_makes_the_fusion_refuse(project, capsys):
 
 def test_several_seeds_mean_std_and_paired_bootstrap(project):
     root = project["root"]
-    assert main([str(project["sweep"]), "--set", "name=agg_seeds", "--set", "aggregate.rules=[product]",
-                 "--set", "aggregate.plots=false"], project_root=root) == 0
+    assert (
+        main(
+            [
+                str(project["sweep"]),
+                "--set",
+                "name=agg_seeds",
+                "--set",
+                "aggregate.rules=[product]",
+                "--set",
+                "aggregate.plots=false",
+            ],
+            project_root=root,
+        )
+        == 0
+    )
     results = root / "results" / "agg_seeds"
     table = pd.read_csv(results / "table_bloodmnist_1.0.csv", index_col="row")
     std = pd.read_csv(results / "table_bloodmnist_1.0_std.csv", index_col="row")
@@ -333,9 +402,25 @@ def test_bad_aggregate_settings_are_refused_naming_the_field(project, capsys):
 def record(model: str, backbone: str = "resnet18", finetune: str = "frozen", seed: int = SEED):
     from ssl_hpc.aggregate import RunRecord
 
-    return RunRecord(run_id=f"{model}-{backbone}", key="k", model=model, method=model.split("_")[0], backbone=backbone,
-                     dataset="bloodmnist", size="28", label_fraction="1.0", class_weight="none", finetune=finetune,
-                     seed=seed, metrics={}, class_names=[], n_labels=10, device="cpu", pretrain_key=None, end_time=0)
+    return RunRecord(
+        run_id=f"{model}-{backbone}",
+        key="k",
+        model=model,
+        method=model.split("_")[0],
+        backbone=backbone,
+        dataset="bloodmnist",
+        size="28",
+        label_fraction="1.0",
+        class_weight="none",
+        finetune=finetune,
+        seed=seed,
+        metrics={},
+        class_names=[],
+        n_labels=10,
+        device="cpu",
+        pretrain_key=None,
+        end_time=0,
+    )
 
 
 def test_members_resolve_per_backbone_and_missing_members_are_problems():
@@ -343,18 +428,26 @@ def test_members_resolve_per_backbone_and_missing_members_are_problems():
 
     plain = [record("simclr"), record("mocov2")]
     assert [(b, [r.run_id for r in runs], p) for b, runs, p in resolve_members(["simclr", "mocov2"], plain)] == [
-        ("", ["simclr-resnet18", "mocov2-resnet18"], "")]
+        ("", ["simclr-resnet18", "mocov2-resnet18"], "")
+    ]
     # a method given two backbones is tagged simclr_resnet18 / simclr_resnet34: one fusion per backbone
-    two = [record("simclr_resnet18"), record("simclr_resnet34", "resnet34"), record("mocov2_resnet18"),
-           record("mocov2_resnet34", "resnet34")]
+    two = [
+        record("simclr_resnet18"),
+        record("simclr_resnet34", "resnet34"),
+        record("mocov2_resnet18"),
+        record("mocov2_resnet34", "resnet34"),
+    ]
     resolved = list(resolve_members(["simclr", "mocov2"], two))
     assert [(b, [r.run_id for r in runs], p) for b, runs, p in resolved] == [
         ("resnet18", ["simclr_resnet18-resnet18", "mocov2_resnet18-resnet18"], ""),
-        ("resnet34", ["simclr_resnet34-resnet34", "mocov2_resnet34-resnet34"], "")]
+        ("resnet34", ["simclr_resnet34-resnet34", "mocov2_resnet34-resnet34"], ""),
+    ]
     # a member with one backbone (a ViT method) joins each backbone's fusion
     mixed = [*two[:2], record("mae", "vit_tiny")]
     assert [[r.model for r in runs] for _, runs, _ in resolve_members(["simclr", "mae"], mixed)] == [
-        ["simclr_resnet18", "mae"], ["simclr_resnet34", "mae"]]
+        ["simclr_resnet18", "mae"],
+        ["simclr_resnet34", "mae"],
+    ]
     # partial sets are never fused
     ((_, runs, problem),) = resolve_members(["simclr", "aim"], plain)
     assert not runs and "aim" in problem

@@ -35,17 +35,20 @@ def patch_images(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.
     corners = torch.randint(0, SIZE - PATCH + 1, (count, 2), generator=generator)
     masks = np.zeros((count, SIZE, SIZE), dtype=bool)
     for index, (row, col) in enumerate(corners.tolist()):
-        masks[index, row:row + PATCH, col:col + PATCH] = True
+        masks[index, row : row + PATCH, col : col + PATCH] = True
         if labels[index] == 1:
-            images[index, :, row:row + PATCH, col:col + PATCH] = 255
+            images[index, :, row : row + PATCH, col : col + PATCH] = 255
     return images / 255, labels, masks
 
 
 def classifier(backbone_name: str, request: BackboneRequest) -> Classifier:
     torch.manual_seed(0)
     backbone = build_backbone(backbone_name, request)
-    return Classifier(Preprocess(1, 1, backbone.info.mean, backbone.info.std), backbone,
-                      build_head("linear", backbone.num_features, 2))
+    return Classifier(
+        Preprocess(1, 1, backbone.info.mean, backbone.info.std),
+        backbone,
+        build_head("linear", backbone.num_features, 2),
+    )
 
 
 def train(model: Classifier, steps: int) -> None:

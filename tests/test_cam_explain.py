@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,16 +24,26 @@ CLASSES = ("normal", "pneumonia", "other")
 def tiny_classifier(num_classes: int = 3) -> Classifier:
     """A two-conv CNN (14x14 CAM grid at 28 px): cheap enough to explain hundreds of images in a test."""
     torch.manual_seed(0)
-    body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    body = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
     info = BackboneInfo(num_features=16, stages=("0", "2"), cam_layer="3", mean=(0.5,), std=(0.5,), family="cnn")
-    return Classifier(Preprocess(1, 1, info.mean, info.std), Backbone(body, info), build_head("linear", 16, num_classes))
+    return Classifier(
+        Preprocess(1, 1, info.mean, info.std), Backbone(body, info), build_head("linear", 16, num_classes)
+    )
 
 
 def random_split(count: int, seed: int = 0, classes: int = 3) -> tuple[ImageSplit, np.ndarray]:
     generator = torch.Generator().manual_seed(seed)
-    split = ImageSplit(torch.randint(0, 256, (count, 1, 28, 28), generator=generator, dtype=torch.uint8),
-                       torch.randint(0, classes, (count,), generator=generator))
+    split = ImageSplit(
+        torch.randint(0, 256, (count, 1, 28, 28), generator=generator, dtype=torch.uint8),
+        torch.randint(0, classes, (count,), generator=generator),
+    )
     probs = np.random.default_rng(seed).dirichlet(np.ones(classes), size=count)
     return split, probs
 
@@ -57,18 +66,39 @@ def test_explain_writes_figures_and_the_specified_metrics(tmp_path):
     split, probs = random_split(120)
     masks = torch.zeros(120, 1, 28, 28, dtype=torch.uint8)
     masks[:, :, 4:14, 4:14] = 1
-    settings = CamSettings(methods=["gradcam", "gradcam++"], max_images=12, images_per_class=2, road_percentiles=[30, 70])
-    metrics, paths = explain_classifier(model, split, probs, CLASSES, settings, tmp_path / "cam", torch.device("cpu"),
-                                        masks=masks)
-    expected = {f"cam_{slug}_{score}" for slug in ("gradcam", "gradcampp")
-                for score in ("road_morf", "road_lerf", "road_combined", "topk_conf_drop", "seconds_per_image",
-                              "energy_inside", "magtr", "mangtr")}
+    settings = CamSettings(
+        methods=["gradcam", "gradcam++"], max_images=12, images_per_class=2, road_percentiles=[30, 70]
+    )
+    metrics, paths = explain_classifier(
+        model, split, probs, CLASSES, settings, tmp_path / "cam", torch.device("cpu"), masks=masks
+    )
+    expected = {
+        f"cam_{slug}_{score}"
+        for slug in ("gradcam", "gradcampp")
+        for score in (
+            "road_morf",
+            "road_lerf",
+            "road_combined",
+            "topk_conf_drop",
+            "seconds_per_image",
+            "energy_inside",
+            "magtr",
+            "mangtr",
+        )
+    }
     assert set(metrics) == expected
     assert all(np.isfinite(value) for value in metrics.values())
     assert 0.0 <= metrics["cam_gradcam_energy_inside"] <= 1.0
     names = sorted(path.name for path in paths)
-    assert names == sorted(["confidence_histograms.png", "cam_class0_normal.png", "cam_class1_pneumonia.png",
-                            "cam_class2_other.png", "cam_summary.json"])
+    assert names == sorted(
+        [
+            "confidence_histograms.png",
+            "cam_class0_normal.png",
+            "cam_class1_pneumonia.png",
+            "cam_class2_other.png",
+            "cam_summary.json",
+        ]
+    )
     for path in paths:
         assert path.parent == tmp_path / "cam" and path.stat().st_size > 0
         if path.suffix == ".png":
@@ -81,13 +111,27 @@ def test_explain_writes_figures_and_the_specified_metrics(tmp_path):
 def test_no_masks_no_localization_metrics_and_faithfulness_can_be_off(tmp_path):
     model = tiny_classifier()
     split, probs = random_split(40)
-    metrics, _ = explain_classifier(model, split, probs, CLASSES, CamSettings(max_images=8, images_per_class=1, road_percentiles=[50]),
-                                    tmp_path, torch.device("cpu"))
-    assert set(metrics) == {f"cam_gradcam_{s}" for s in ("road_morf", "road_lerf", "road_combined", "topk_conf_drop",
-                                                          "seconds_per_image")}
-    metrics, paths = explain_classifier(model, split, probs, CLASSES,
-                                        CamSettings(faithfulness=False, images_per_class=1), tmp_path / "b",
-                                        torch.device("cpu"))
+    metrics, _ = explain_classifier(
+        model,
+        split,
+        probs,
+        CLASSES,
+        CamSettings(max_images=8, images_per_class=1, road_percentiles=[50]),
+        tmp_path,
+        torch.device("cpu"),
+    )
+    assert set(metrics) == {
+        f"cam_gradcam_{s}" for s in ("road_morf", "road_lerf", "road_combined", "topk_conf_drop", "seconds_per_image")
+    }
+    metrics, paths = explain_classifier(
+        model,
+        split,
+        probs,
+        CLASSES,
+        CamSettings(faithfulness=False, images_per_class=1),
+        tmp_path / "b",
+        torch.device("cpu"),
+    )
     assert set(metrics) == {"cam_gradcam_seconds_per_image"}
     assert json.loads((tmp_path / "b" / "cam_summary.json").read_text())["score_images"] == 0
 
@@ -120,8 +164,10 @@ def test_disabled_does_nothing(tmp_path):
     counter = ForwardCounter(model)
     split, probs = random_split(20)
     out = tmp_path / "cam"
-    assert explain_classifier(model, split, probs, CLASSES, CamSettings(enabled=False), out,
-                              torch.device("cpu")) == ({}, [])
+    assert explain_classifier(model, split, probs, CLASSES, CamSettings(enabled=False), out, torch.device("cpu")) == (
+        {},
+        [],
+    )
     assert not out.exists() and counter.images == 0
 
 
@@ -144,8 +190,10 @@ def test_all_methods_run_on_a_cnn_and_a_vit():
     images = torch.rand(2, 1, 28, 28)
     torch.manual_seed(0)
     vit = build_backbone("vit_tiny", BackboneRequest(1, 28))
-    models = [tiny_classifier(),
-              Classifier(Preprocess(1, 1, vit.info.mean, vit.info.std), vit, build_head("linear", vit.num_features, 3))]
+    models = [
+        tiny_classifier(),
+        Classifier(Preprocess(1, 1, vit.info.mean, vit.info.std), vit, build_head("linear", vit.num_features, 3)),
+    ]
     for model in models:
         target = resolve_target(model, images[:1])
         for method in CamSettings.model_fields["methods"].annotation.__args__[0].__args__:
@@ -156,12 +204,18 @@ def test_all_methods_run_on_a_cnn_and_a_vit():
 def test_too_coarse_default_layer_falls_back_and_an_override_is_kept():
     torch.manual_seed(0)
     backbone = build_backbone("resnet18", BackboneRequest(1, 28, stem="imagenet"))  # layer4 is 1x1 at 28 px
-    model = Classifier(Preprocess(1, 1, backbone.info.mean, backbone.info.std), backbone,
-                       build_head("linear", backbone.num_features, 2))
+    model = Classifier(
+        Preprocess(1, 1, backbone.info.mean, backbone.info.std),
+        backbone,
+        build_head("linear", backbone.num_features, 2),
+    )
     sample = torch.rand(1, 1, 28, 28)
     target = resolve_target(model, sample, min_grid=4)
     assert (target.name, target.grid, target.fell_back_from) == (
-        "backbone.body.layer2.1", (4, 4), "backbone.body.layer4.1")
+        "backbone.body.layer2.1",
+        (4, 4),
+        "backbone.body.layer4.1",
+    )
     assert resolve_target(model, sample, min_grid=1).name == "backbone.body.layer4.1"
     kept = resolve_target(model, sample, override="backbone.body.layer4", min_grid=4)
     assert (kept.name, kept.grid, kept.fell_back_from) == ("backbone.body.layer4", (1, 1), None)
@@ -187,8 +241,16 @@ def test_settings_refuse_bad_values_naming_the_field():
 def test_masks_must_align_with_the_test_split(tmp_path):
     split, probs = random_split(10)
     with pytest.raises(ValueError, match="aligned with the test split"):
-        explain_classifier(tiny_classifier(), split, probs, CLASSES, CamSettings(), tmp_path, torch.device("cpu"),
-                           masks=torch.zeros(9, 28, 28))
+        explain_classifier(
+            tiny_classifier(),
+            split,
+            probs,
+            CLASSES,
+            CamSettings(),
+            tmp_path,
+            torch.device("cpu"),
+            masks=torch.zeros(9, 28, 28),
+        )
 
 
 def test_fast_imputer_matches_pytorch_grad_cam_noise_included():
@@ -216,8 +278,9 @@ def test_topk_keeps_exactly_k_percent():
 def test_compare_models_figure(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (3, 1, 28, 28), dtype=np.uint8)
     maps = {"reference": np.random.default_rng(1).random((3, 28, 28)), "moco_e2e": np.zeros((3, 28, 28))}
-    path = compare_models_figure(images, maps, [0, 1, 0], CLASSES, tmp_path / "compare.png",
-                                 preds_by_model={"reference": [0, 1, 1]})
+    path = compare_models_figure(
+        images, maps, [0, 1, 0], CLASSES, tmp_path / "compare.png", preds_by_model={"reference": [0, 1, 1]}
+    )
     assert path.read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError, match="2 maps for 3 images"):
         compare_models_figure(images, {"x": np.zeros((2, 28, 28))}, [0, 1, 0], CLASSES, tmp_path / "bad.png")

@@ -16,8 +16,8 @@ def test_thesis_rule_on_bloodmnist_counts():
     total = 11959
     assert BLOOD_COUNTS.sum() == total
     assert weights == pytest.approx((total - BLOOD_COUNTS) / total)
-    assert weights[0] == pytest.approx(11107 / 11959)       # 0.92876
-    assert weights[6] == pytest.approx(9629 / 11959)        # 0.80517, the largest class weighs least
+    assert weights[0] == pytest.approx(11107 / 11959)  # 0.92876
+    assert weights[6] == pytest.approx(9629 / 11959)  # 0.80517, the largest class weighs least
     assert weights.argmin() == BLOOD_COUNTS.argmax() and weights.argmax() == BLOOD_COUNTS.argmin()
 
 

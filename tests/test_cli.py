@@ -65,8 +65,12 @@ def test_bad_override_is_refused(tmp_path, project, capsys):
 def test_missing_dataset_names_file_and_folder(tmp_path, project, capsys):
     empty = tmp_path / "no-data"
     empty.mkdir()
-    sweep = {**GOOD, "grid": {**GOOD["grid"], "dataset": ["bloodmnist"]}, "data_root": str(empty),
-             "data": {"download": False}}
+    sweep = {
+        **GOOD,
+        "grid": {**GOOD["grid"], "dataset": ["bloodmnist"]},
+        "data_root": str(empty),
+        "data": {"download": False},
+    }
     code = sweep_main([str(write(tmp_path, sweep))], project_root=project)
     assert code == 2
     error = capsys.readouterr().err

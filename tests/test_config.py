@@ -16,12 +16,18 @@ SMOKE = Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml"
 def base(**changes) -> dict:
     raw = {
         "name": "t",
-        "grid": {"dataset": ["pneumoniamnist"], "method": ["supervised"], "label_fraction": [1.0, 0.25],
-                 "class_weight": ["none", "inverse_count_complement"]},
+        "grid": {
+            "dataset": ["pneumoniamnist"],
+            "method": ["supervised"],
+            "label_fraction": [1.0, 0.25],
+            "class_weight": ["none", "inverse_count_complement"],
+        },
         "finetune": {"epochs": 3},
     }
     for dotted, value in changes.items():
-        raw = apply_overrides(raw, [f"{dotted.replace('__', '.')}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
+        raw = apply_overrides(
+            raw, [f"{dotted.replace('__', '.')}={yaml.safe_dump(value, default_flow_style=True).strip()}"]
+        )
     return raw
 
 
@@ -34,8 +40,12 @@ def test_smoke_sweep_expands_to_four_supervised_runs():
     assert len(jobs) == 4
     assert {job.stage for job in jobs} == {"finetune"}
     budgets = sorted((job.config.label_fraction, job.config.class_weight) for job in jobs)
-    assert budgets == [(0.25, "inverse_count_complement"), (0.25, "none"), (1.0, "inverse_count_complement"),
-                       (1.0, "none")]
+    assert budgets == [
+        (0.25, "inverse_count_complement"),
+        (0.25, "none"),
+        (1.0, "inverse_count_complement"),
+        (1.0, "none"),
+    ]
 
 
 def test_supervised_collapses_the_finetune_axis():
@@ -79,9 +89,16 @@ def test_any_change_gives_new_keys(change):
 
 def test_settings_that_cannot_matter_keep_the_key():
     # k of a k-NN probe, trainable_last of partial, beta of a rule not in use, how the run executes.
-    for change in ({"finetune__knn_k": 5}, {"finetune__trainable_last": 2}, {"finetune__effective_number_beta": 0.9},
-                   {"runtime__device": "cpu"}, {"runtime__bf16": False}, {"backend": "slurm"},
-                   {"data_root": "/elsewhere"}, {"output_dir": "/tmp/x"}):
+    for change in (
+        {"finetune__knn_k": 5},
+        {"finetune__trainable_last": 2},
+        {"finetune__effective_number_beta": 0.9},
+        {"runtime__device": "cpu"},
+        {"runtime__bf16": False},
+        {"backend": "slurm"},
+        {"data_root": "/elsewhere"},
+        {"output_dir": "/tmp/x"},
+    ):
         assert keys(base(**change)) == keys(base()), change
 
 
@@ -94,8 +111,12 @@ def test_head_width_and_momentum_only_matter_where_used():
 
 def ssl_sweep(**changes) -> dict:
     """Two SSL methods (MAE on a ViT), frozen and k-NN fine-tuning, two class-weight rules."""
-    return base(grid__method=["simclr", "mae"], grid__finetune=["frozen", "knn"],
-                methods={"mae": {"backbone": ["vit_mini"]}}, **changes)
+    return base(
+        grid__method=["simclr", "mae"],
+        grid__finetune=["frozen", "knn"],
+        methods={"mae": {"backbone": ["vit_mini"]}},
+        **changes,
+    )
 
 
 def pretrain_keys(raw: dict) -> dict[str, str]:
@@ -120,8 +141,11 @@ def test_a_variant_identical_to_a_method_is_refused():
     raw = base(grid__method=["simclr"], variants={"simclr_again": {"method": "simclr"}})
     with pytest.raises(ConfigError, match="simclr_again.*same jobs as 'simclr'"):
         expand_jobs(validate_sweep(raw))
-    expand_jobs(validate_sweep(base(grid__method=["simclr"],
-                                    variants={"simclr_r34": {"method": "simclr", "backbone": ["resnet34"]}})))
+    expand_jobs(
+        validate_sweep(
+            base(grid__method=["simclr"], variants={"simclr_r34": {"method": "simclr", "backbone": ["resnet34"]}})
+        )
+    )
 
 
 def test_effective_number_beta_matters_where_used():

@@ -12,8 +12,15 @@ import torch
 from PIL import Image
 
 from ssl_hpc.data import duplicates
-from ssl_hpc.data.duplicates import (DuplicateReport, LeakageError, check_leakage, duplicate_report,
-                                     duplicates_between, near_duplicate_pairs, perceptual_hash)
+from ssl_hpc.data.duplicates import (
+    DuplicateReport,
+    LeakageError,
+    check_leakage,
+    duplicate_report,
+    duplicates_between,
+    near_duplicate_pairs,
+    perceptual_hash,
+)
 from ssl_hpc.data.image_folder import ImageFolderSpec, image_folder_files, load_image_folder
 from ssl_hpc.data.loading import DatasetCache
 from ssl_hpc.data.splits import ImageSplit, LabeledDataset
@@ -57,8 +64,9 @@ def planted_dataset(seed: int = 0) -> tuple[LabeledDataset, dict[tuple[str, str]
     val[1] = np.ascontiguousarray(train[5][:, ::-1])  # mirrored (an augmented copy)
     test[4] = reencoded(brightened(val[2], 10), 90)  # val -> test
     labels = lambda n: [k % 3 for k in range(n)]  # noqa: E731
-    dataset = LabeledDataset("planted", as_split(train, labels(160)), as_split(val, labels(40)),
-                             as_split(test, labels(40)), ("a", "b", "c"))
+    dataset = LabeledDataset(
+        "planted", as_split(train, labels(160)), as_split(val, labels(40)), as_split(test, labels(40)), ("a", "b", "c")
+    )
     return dataset, {("train", "val"): 2, ("train", "test"): 4, ("val", "test"): 1}
 
 
@@ -67,8 +75,13 @@ def test_planted_duplicates_are_counted_exactly_per_split_pair():
     report = duplicate_report(dataset)
     assert {pair: count.pairs for pair, count in report.counts.items()} == expected
     assert {(p.first, p.first_index, p.second, p.second_index) for p in report.pairs} == {
-        ("train", 0, "test", 0), ("train", 1, "test", 1), ("train", 2, "test", 2), ("train", 3, "test", 3),
-        ("train", 4, "val", 0), ("train", 5, "val", 1), ("val", 2, "test", 4),
+        ("train", 0, "test", 0),
+        ("train", 1, "test", 1),
+        ("train", 2, "test", 2),
+        ("train", 3, "test", 3),
+        ("train", 4, "val", 0),
+        ("train", 5, "val", 1),
+        ("val", 2, "test", 4),
     }
     # Labels of planted pairs differ where k % 3 differs: train 4 (b) vs val 0 (a), etc.
     assert report.counts[("train", "val")].label_conflicts == 2
@@ -83,8 +96,13 @@ def test_planted_duplicates_are_counted_exactly_per_split_pair():
 def test_no_false_positives_among_distinct_images():
     rng = np.random.default_rng(1)
     images = [picture(rng) for _ in range(300)]
-    dataset = LabeledDataset("distinct", as_split(images[:200], [0] * 200), as_split(images[200:250], [0] * 50),
-                             as_split(images[250:], [0] * 50), ("a",))
+    dataset = LabeledDataset(
+        "distinct",
+        as_split(images[:200], [0] * 200),
+        as_split(images[200:250], [0] * 50),
+        as_split(images[250:], [0] * 50),
+        ("a",),
+    )
     report = duplicate_report(dataset)
     assert report.clean and report.total == 0 and report.pairs == ()
 
@@ -114,8 +132,13 @@ def test_error_mode_raises_naming_the_counts_and_off_computes_nothing(monkeypatc
 def test_error_mode_passes_a_clean_dataset():
     rng = np.random.default_rng(3)
     images = [picture(rng) for _ in range(60)]
-    dataset = LabeledDataset("clean", as_split(images[:40], [0] * 40), as_split(images[40:50], [0] * 10),
-                             as_split(images[50:], [0] * 10), ("a",))
+    dataset = LabeledDataset(
+        "clean",
+        as_split(images[:40], [0] * 40),
+        as_split(images[40:50], [0] * 10),
+        as_split(images[50:], [0] * 10),
+        ("a",),
+    )
     assert check_leakage(dataset, mode="error").clean
 
 
@@ -170,7 +193,9 @@ def test_planted_duplicates_in_an_image_folder(tmp_path: Path):
     dataset = load_image_folder("cxr", spec, 28, cache_dir=tmp_path / "cache")
     report = check_leakage(dataset, mode="report")
     assert {pair: count.pairs for pair, count in report.counts.items()} == {
-        ("train", "val"): 1, ("train", "test"): 2, ("val", "test"): 1,
+        ("train", "val"): 1,
+        ("train", "test"): 2,
+        ("val", "test"): 1,
     }
     assert report.counts[("train", "test")].label_conflicts == 1
     files = image_folder_files(spec)
@@ -195,7 +220,9 @@ def test_real_pneumoniamnist_has_identical_images_across_train_and_val(data_root
     report = duplicate_report(load_medmnist("pneumoniamnist", 28, data_root, download=False))
     # 10 train images are pixel-identical to 8 val images; none of the test images has a twin.
     assert {pair: count.pairs for pair, count in report.counts.items()} == {
-        ("train", "val"): 10, ("train", "test"): 0, ("val", "test"): 0,
+        ("train", "val"): 10,
+        ("train", "test"): 0,
+        ("val", "test"): 0,
     }
     assert all(pair.correlation == 1.0 and pair.distance == 0 for pair in report.pairs)
 

@@ -8,16 +8,23 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow import MlflowClient
 
 from conftest import PROJECT_ROOT, run_sweep_cli
+from mlflow import MlflowClient
 from ssl_hpc.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.e2e
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_acc")
 TAGS = ("sweep", "key", "stage", "method", "backbone", "dataset", "label_fraction", "class_weight", "finetune", "seed")
-ARTIFACTS = {"confusion_matrix.csv", "confusion_matrix.png", "test_probs.npz", "val_probs.npz", "curves.png", "model.pt"}
+ARTIFACTS = {
+    "confusion_matrix.csv",
+    "confusion_matrix.png",
+    "test_probs.npz",
+    "val_probs.npz",
+    "curves.png",
+    "model.pt",
+}
 
 
 def runs_of(tracking_uri: str, experiment: str, stage: str = "finetune"):
@@ -34,7 +41,9 @@ def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, fl
 def test_smoke_sweep_runs_then_reruns_nothing(tmp_path, data_root, tracking_uri):
     env = {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": tracking_uri}
     outputs = tmp_path / "outputs"
-    first = run_sweep_cli(["sweeps/smoke.yaml", "--set", f"output_dir={outputs}", "--set", f"results_dir={tmp_path / 'results'}"], env)
+    first = run_sweep_cli(
+        ["sweeps/smoke.yaml", "--set", f"output_dir={outputs}", "--set", f"results_dir={tmp_path / 'results'}"], env
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     client, runs = runs_of(tracking_uri, "smoke")
     assert len(runs) == 4
@@ -48,20 +57,35 @@ def test_smoke_sweep_runs_then_reruns_nothing(tmp_path, data_root, tracking_uri)
         assert (tags["stage"], tags["method"], tags["dataset"]) == ("finetune", "supervised", "pneumoniamnist")
         seen_budgets.add((tags["label_fraction"], tags["class_weight"]))
         metrics = run.data.metrics
-        for name in ("test_acc", "test_balanced_acc", "test_auc", "test_f1_macro", "test_kappa", "test_acc_class_0",
-                     "test_acc_class_1"):
+        for name in (
+            "test_acc",
+            "test_balanced_acc",
+            "test_auc",
+            "test_f1_macro",
+            "test_kappa",
+            "test_acc_class_0",
+            "test_acc_class_1",
+        ):
             assert name in metrics, name
         assert 0.0 <= metrics["test_acc"] <= 1.0
-        assert metrics["test_balanced_acc"] == pytest.approx((metrics["test_acc_class_0"] + metrics["test_acc_class_1"]) / 2)
+        assert metrics["test_balanced_acc"] == pytest.approx(
+            (metrics["test_acc_class_0"] + metrics["test_acc_class_1"]) / 2
+        )
         for name, history in histories(client, run.info.run_id).items():
             assert [step for step, _ in history] == list(range(epochs)), name
         artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
         assert ARTIFACTS <= artifacts, artifacts
-    assert seen_budgets == {("1.0", "none"), ("1.0", "inverse_count_complement"), ("0.25", "none"),
-                            ("0.25", "inverse_count_complement")}
+    assert seen_budgets == {
+        ("1.0", "none"),
+        ("1.0", "inverse_count_complement"),
+        ("0.25", "none"),
+        ("0.25", "inverse_count_complement"),
+    }
     before = {run.info.run_id: histories(client, run.info.run_id) for run in runs}
 
-    second = run_sweep_cli(["sweeps/smoke.yaml", "--set", f"output_dir={outputs}", "--set", f"results_dir={tmp_path / 'results'}"], env)
+    second = run_sweep_cli(
+        ["sweeps/smoke.yaml", "--set", f"output_dir={outputs}", "--set", f"results_dir={tmp_path / 'results'}"], env
+    )
     assert second.returncode == 0, second.stdout + second.stderr
     assert "4 skipped" in second.stdout
     client, again = runs_of(tracking_uri, "smoke")
@@ -70,7 +94,17 @@ def test_smoke_sweep_runs_then_reruns_nothing(tmp_path, data_root, tracking_uri)
     _, aggregate = runs_of(tracking_uri, "smoke", stage="aggregate")
     assert len(aggregate) == 1  # the re-run replaced the tables, it did not add a second aggregate run
 
-    status = run_sweep_cli(["sweeps/smoke.yaml", "--status", "--set", f"output_dir={outputs}", "--set", f"results_dir={tmp_path / 'results'}"], env)
+    status = run_sweep_cli(
+        [
+            "sweeps/smoke.yaml",
+            "--status",
+            "--set",
+            f"output_dir={outputs}",
+            "--set",
+            f"results_dir={tmp_path / 'results'}",
+        ],
+        env,
+    )
     assert status.returncode == 0
     assert "4 finished" in status.stdout
 
@@ -92,9 +126,23 @@ def wait_for_checkpoint(path: Path, epoch: int, process, timeout: float = 600) -
 def test_killed_mid_epoch_resumes_into_the_same_run(tmp_path, data_root, tracking_uri):
     env = {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": tracking_uri}
     outputs = tmp_path / "outputs"
-    args = ["sweeps/smoke.yaml", "--set", f"output_dir={outputs}", "--set", f"results_dir={tmp_path / 'results'}", "--set", "name=resume",
-            "--set", "grid.label_fraction=[1.0]", "--set", "grid.class_weight=[none]",
-            "--set", "finetune.epochs=4", "--set", "runtime.keep_checkpoints=true"]
+    args = [
+        "sweeps/smoke.yaml",
+        "--set",
+        f"output_dir={outputs}",
+        "--set",
+        f"results_dir={tmp_path / 'results'}",
+        "--set",
+        "name=resume",
+        "--set",
+        "grid.label_fraction=[1.0]",
+        "--set",
+        "grid.class_weight=[none]",
+        "--set",
+        "finetune.epochs=4",
+        "--set",
+        "runtime.keep_checkpoints=true",
+    ]
     dry = run_sweep_cli([*args, "--dry-run"], env)
     key = dry.stdout.splitlines()[1].split()[0]
     process = run_sweep_cli(args, env, wait=False)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
 from conftest import require_real_data, run_sweep_cli
+from mlflow import MlflowClient
 
 pytestmark = pytest.mark.e2e
 METHODS = {"simclr", "mocov2", "aim", "mae", "rotnet"}
@@ -25,8 +25,13 @@ class SmokeSSL:
         self.outputs = root / "outputs"
         self.env = {"MEDMNIST_ROOT": str(require_real_data()), "MLFLOW_TRACKING_URI": self.tracking_uri}
         self.results = root / "results"
-        self.args = ["sweeps/smoke_ssl.yaml", "--set", f"output_dir={self.outputs}", "--set",
-                     f"results_dir={self.results}"]
+        self.args = [
+            "sweeps/smoke_ssl.yaml",
+            "--set",
+            f"output_dir={self.outputs}",
+            "--set",
+            f"results_dir={self.results}",
+        ]
 
     def run(self):
         return run_sweep_cli(self.args, self.env, timeout=2400)
@@ -109,11 +114,13 @@ def test_the_sweep_ends_with_tables_whose_cells_are_the_runs_metrics(smoke_ssl):
         assert list(table.index) == ["class_0", "class_1", "accuracy", "mean_class_accuracy"]
         for column in table.columns:
             assert table.loc["mean_class_accuracy", column] == pytest.approx(
-                table.loc[["class_0", "class_1"], column].mean(), abs=0.011)
+                table.loc[["class_0", "class_1"], column].mean(), abs=0.011
+            )
         for fusion in fusions:
             assert any(column.startswith(f"{fusion}:") for column in table.columns), (fusion, list(table.columns))
-        singles = runs_csv[runs_csv["table"].astype(str).str.endswith(fraction)
-                           & ~runs_csv["column"].astype(str).str.contains(":")]  # fusions have a rule after ':'
+        singles = runs_csv[
+            runs_csv["table"].astype(str).str.endswith(fraction) & ~runs_csv["column"].astype(str).str.contains(":")
+        ]  # fusions have a rule after ':'
         checked = 0
         for _, row in singles.iterrows():
             assert row["column"] in table.columns and row["run_id"] in by_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssl_hpc.config import FinetuneSettings, RunConfig, DataSettings, ModelSettings
+from ssl_hpc.config import DataSettings, FinetuneSettings, ModelSettings, RunConfig
 from ssl_hpc.data.splits import ImageSplit
 from ssl_hpc.models.factory import build_classifier
 from ssl_hpc.train.finetune import ClassificationTask, configure_trainable, count_trainable
@@ -13,16 +13,28 @@ from ssl_hpc.train.loop import Precision, fit
 
 
 def config(mode: str, trainable_last: int = 1) -> RunConfig:
-    return RunConfig(stage="finetune", method="supervised", dataset="pneumoniamnist", size=28, backbone="resnet18",
-                     seed=0, model=ModelSettings(stem="small"), data=DataSettings(), finetune=mode,
-                     label_fraction=1.0, class_weight="none",
-                     finetune_settings=FinetuneSettings(epochs=1, batch_size=16, lr=0.1, trainable_last=trainable_last))
+    return RunConfig(
+        stage="finetune",
+        method="supervised",
+        dataset="pneumoniamnist",
+        size=28,
+        backbone="resnet18",
+        seed=0,
+        model=ModelSettings(stem="small"),
+        data=DataSettings(),
+        finetune=mode,
+        label_fraction=1.0,
+        class_weight="none",
+        finetune_settings=FinetuneSettings(epochs=1, batch_size=16, lr=0.1, trainable_last=trainable_last),
+    )
 
 
 def images(n: int = 48) -> ImageSplit:
     generator = torch.Generator().manual_seed(0)
-    return ImageSplit(torch.randint(0, 256, (n, 1, 28, 28), generator=generator, dtype=torch.uint8),
-                      torch.randint(0, 2, (n,), generator=generator))
+    return ImageSplit(
+        torch.randint(0, 256, (n, 1, 28, 28), generator=generator, dtype=torch.uint8),
+        torch.randint(0, 2, (n,), generator=generator),
+    )
 
 
 def train(mode: str, tmp_path, trainable_last: int = 1):
@@ -76,10 +88,16 @@ def train_with_policy(tmp_path, backbone: str, **policy):
     opened = configure_trainable(model, "partial", **policy)
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     settings = run.finetune_settings.model_copy(update={"optimizer": "adam", "lr": 1e-2})
-    fit(ClassificationTask(model, opened, images(16)), images(), settings, seed=0, workdir=tmp_path,
-        precision=Precision(torch.device("cpu")))
+    fit(
+        ClassificationTask(model, opened, images(16)),
+        images(),
+        settings,
+        seed=0,
+        workdir=tmp_path,
+        precision=Precision(torch.device("cpu")),
+    )
     changed = {name for name, tensor in model.state_dict().items() if not torch.equal(before[name], tensor)}
-    return opened, {name[len("backbone.body."):] for name in changed if name.startswith("backbone.")}
+    return opened, {name[len("backbone.body.") :] for name in changed if name.startswith("backbone.")}
 
 
 def test_trainable_from_a_named_module_trains_exactly_from_there(tmp_path):
@@ -113,6 +131,7 @@ def test_unknown_module_name_is_refused_with_examples():
 def test_knn_needs_no_optimiser_and_trains_nothing(tmp_path, data_root, sweep_here, monkeypatch):
     """A k-NN fine-tune job on real PneumoniaMNIST with every optimiser made to fail: it still finishes."""
     import yaml
+
     from mlflow import MlflowClient
 
     def no_optimiser(*args, **kwargs):
@@ -120,11 +139,22 @@ def test_knn_needs_no_optimiser_and_trains_nothing(tmp_path, data_root, sweep_he
 
     monkeypatch.setattr(torch.optim.Optimizer, "__init__", no_optimiser)
     sweep = tmp_path / "knn.yaml"
-    sweep.write_text(yaml.safe_dump({
-        "name": "knn", "grid": {"dataset": ["pneumoniamnist"], "method": ["random_init"], "finetune": ["knn"],
-                                "label_fraction": [0.25]},
-        "cam": {"enabled": False}, "output_dir": str(tmp_path / "outputs"), "results_dir": str(tmp_path / "results"),
-    }))
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "name": "knn",
+                "grid": {
+                    "dataset": ["pneumoniamnist"],
+                    "method": ["random_init"],
+                    "finetune": ["knn"],
+                    "label_fraction": [0.25],
+                },
+                "cam": {"enabled": False},
+                "output_dir": str(tmp_path / "outputs"),
+                "results_dir": str(tmp_path / "results"),
+            }
+        )
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code, out = sweep_here([str(sweep), "--quiet"], {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": uri})
     assert code == 0, out

@@ -6,8 +6,18 @@ import numpy as np
 import pytest
 
 from ssl_hpc.evaluate.fusion import (
-    EPS, FUSION_RULES, FusionMismatchError, Member, PredictionSet, check_aligned, fuse, greedy_weights,
-    max_confidence_rule, mean_rule, product_rule, vote_rule,
+    EPS,
+    FUSION_RULES,
+    FusionMismatchError,
+    Member,
+    PredictionSet,
+    check_aligned,
+    fuse,
+    greedy_weights,
+    max_confidence_rule,
+    mean_rule,
+    product_rule,
+    vote_rule,
 )
 
 
@@ -30,8 +40,13 @@ def members(seed=0, m=3, n_test=50, n_val=40, k=4, signals=(1.5, 1.0, 0.3)):
     test_labels, val_labels = rng.integers(0, k, n_test), rng.integers(0, k, n_val)
     out = []
     for index in range(m):
-        out.append(Member(f"m{index}", pset(random_probs(rng, n_test, k, test_labels, signals[index]), test_labels, "T"),
-                          pset(random_probs(rng, n_val, k, val_labels, signals[index]), val_labels, "V")))
+        out.append(
+            Member(
+                f"m{index}",
+                pset(random_probs(rng, n_test, k, test_labels, signals[index]), test_labels, "T"),
+                pset(random_probs(rng, n_val, k, val_labels, signals[index]), val_labels, "V"),
+            )
+        )
     return out, test_labels, val_labels
 
 
@@ -136,8 +151,14 @@ def test_stacking_output_is_a_distribution_over_all_classes_even_if_validation_l
     rng = np.random.default_rng(4)
     val_labels = rng.integers(0, 3, 60)  # class 3 never appears in validation
     test_labels = rng.integers(0, 4, 30)
-    group = [Member(f"m{i}", pset(random_probs(rng, 30, 4, test_labels), test_labels, "T"),
-                    pset(random_probs(rng, 60, 4, val_labels), val_labels, "V")) for i in range(2)]
+    group = [
+        Member(
+            f"m{i}",
+            pset(random_probs(rng, 30, 4, test_labels), test_labels, "T"),
+            pset(random_probs(rng, 60, 4, val_labels), val_labels, "V"),
+        )
+        for i in range(2)
+    ]
     fused = fuse("stacking", group).probs
     assert fused.shape == (30, 4)
     assert np.allclose(fused.sum(axis=1), 1.0) and np.all(fused[:, 3] == 0)
@@ -201,8 +222,13 @@ def test_fusion_refuses_different_shapes_and_misaligned_validation():
 
 def test_prediction_set_round_trip(tmp_path):
     probs = np.array([[0.2, 0.8], [0.7, 0.3]])
-    np.savez_compressed(tmp_path / "test_probs.npz", probs=probs, labels=np.array([1, 0]), indices=np.arange(2),
-                        split_digest=np.array("abc123"))
+    np.savez_compressed(
+        tmp_path / "test_probs.npz",
+        probs=probs,
+        labels=np.array([1, 0]),
+        indices=np.arange(2),
+        split_digest=np.array("abc123"),
+    )
     loaded = PredictionSet.load(tmp_path / "test_probs.npz")
     assert loaded.split_digest == "abc123" and loaded.predictions.tolist() == [1, 0]
     assert np.array_equal(loaded.probs, probs)

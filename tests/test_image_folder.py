@@ -13,8 +13,13 @@ from PIL import Image
 
 from ssl_hpc.config import ConfigError, validate_sweep
 from ssl_hpc.data import image_folder
-from ssl_hpc.data.image_folder import (DatasetFolderError, ImageFolderSpec, image_folder_files, index_image_folder,
-                                       load_image_folder)
+from ssl_hpc.data.image_folder import (
+    DatasetFolderError,
+    ImageFolderSpec,
+    image_folder_files,
+    index_image_folder,
+    load_image_folder,
+)
 from ssl_hpc.data.loading import DatasetCache, ensure_dataset
 
 COVID_CLASSES = {"COVID": 20, "Lung_Opacity": 31, "Normal": 43, "Viral Pneumonia": 12}
@@ -44,7 +49,7 @@ def make_class_folders(root: Path, counts=COVID_CLASSES, masks: bool = True, see
             if masks:  # the mask is 32 px, the image 36 px, as the real masks are 256 px for 299 px images
                 mask = np.zeros((32, 32), dtype=np.uint8)
                 scale = 32 / 36
-                mask[round(box[1] * scale):round(box[3] * scale), round(box[0] * scale):round(box[2] * scale)] = 255
+                mask[round(box[1] * scale) : round(box[3] * scale), round(box[0] * scale) : round(box[2] * scale)] = 255
                 Image.fromarray(mask).save(root / name / "masks" / f"{name}-{i}.png")
     (root / "README.md.txt").write_text("not an image")
     return root
@@ -61,8 +66,11 @@ def make_split_folders(root: Path, counts: dict[str, dict[str, int]], seed: int 
     return root
 
 
-PNEUMONIA = {"train": {"NORMAL": 30, "PNEUMONIA": 50}, "val": {"NORMAL": 2, "PNEUMONIA": 2},
-             "test": {"NORMAL": 10, "PNEUMONIA": 14}}
+PNEUMONIA = {
+    "train": {"NORMAL": 30, "PNEUMONIA": 50},
+    "val": {"NORMAL": 2, "PNEUMONIA": 2},
+    "test": {"NORMAL": 10, "PNEUMONIA": 14},
+}
 COVID_SPEC = {"images_subdir": "images", "masks_subdir": "masks"}
 
 
@@ -175,8 +183,9 @@ def test_split_is_stratified_seeded_and_stable(covid: Path, tmp_path: Path):
     # A different seed: another file and another split; different fractions: another file.
     other = index_image_folder(spec.model_copy(update={"split_seed": 8}), cache_dir=tmp_path / "cache")
     assert other.split_file != first.split_file and other.files["test"] != first.files["test"]
-    fractions = index_image_folder(spec.model_copy(update={"split_fractions": (0.6, 0.2, 0.2)}),
-                                   cache_dir=tmp_path / "cache")
+    fractions = index_image_folder(
+        spec.model_copy(update={"split_fractions": (0.6, 0.2, 0.2)}), cache_dir=tmp_path / "cache"
+    )
     assert fractions.split_file not in (first.split_file, other.split_file)
     assert len(list(covid.glob(".ssl_hpc_split_*.json"))) == 3
 
@@ -284,8 +293,12 @@ def test_separate_mask_tree_with_suffix(tmp_path: Path):
         for i in range(6):
             mask = Image.fromarray(np.full((8, 8), 255, dtype=np.uint8))
             mask.save(tmp_path / "lungs" / name / f"{name}-{i}_mask.png")
-    spec = dict(images_subdir="images", mask_root=str(tmp_path / "lungs"), mask_suffix="_mask",
-                split_fractions=(0.5, 0.25, 0.25))
+    spec = dict(
+        images_subdir="images",
+        mask_root=str(tmp_path / "lungs"),
+        mask_suffix="_mask",
+        split_fractions=(0.5, 0.25, 0.25),
+    )
     dataset = load(root, tmp_path, **spec)
     assert bool((dataset.masks["train"] == 1).all())
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "lungs" / "b" / "b-99_mask.png")
@@ -305,8 +318,11 @@ def test_no_class_folders_and_missing_root(tmp_path: Path):
 def test_class_missing_from_a_split_folder_is_named(tmp_path: Path):
     counts = {**PNEUMONIA, "test": {"NORMAL": 3}}
     root = make_split_folders(tmp_path / "chest_xray", counts)
-    with pytest.raises(DatasetFolderError, match=r"split folder .*chest_xray/test has no folder for class\(es\) "
-                                                 r"\['PNEUMONIA'\]"):
+    with pytest.raises(
+        DatasetFolderError,
+        match=r"split folder .*chest_xray/test has no folder for class\(es\) "
+        r"\['PNEUMONIA'\]",
+    ):
         load(root, tmp_path)
 
 
@@ -338,8 +354,19 @@ def sweep(**extra) -> dict:
 
 
 def test_sweep_with_a_declared_image_folder_validates():
-    config = validate_sweep(sweep(datasets={"mycxr": {"kind": "image_folder", "root": "covid", "channels": 1,
-                                                      "images_subdir": "images", "masks_subdir": "masks"}}))
+    config = validate_sweep(
+        sweep(
+            datasets={
+                "mycxr": {
+                    "kind": "image_folder",
+                    "root": "covid",
+                    "channels": 1,
+                    "images_subdir": "images",
+                    "masks_subdir": "masks",
+                }
+            }
+        )
+    )
     assert config.datasets["mycxr"].root == "covid"
     assert config.data.duplicates == "report"
 
@@ -368,15 +395,20 @@ def test_bad_image_folder_specs_name_the_field(spec, field):
 
 
 def test_declared_name_cannot_shadow_medmnist():
-    raw = {"name": "cxr", "grid": {"dataset": ["pneumoniamnist"], "method": ["supervised"]},
-           "datasets": {"pneumoniamnist": {"root": "x"}}}
+    raw = {
+        "name": "cxr",
+        "grid": {"dataset": ["pneumoniamnist"], "method": ["supervised"]},
+        "datasets": {"pneumoniamnist": {"root": "x"}},
+    }
     with pytest.raises(ConfigError, match=r"datasets\.pneumoniamnist: .*MedMNIST"):
         validate_sweep(raw)
 
 
 def test_leakage_settings_are_validated():
-    assert validate_sweep(sweep(datasets={"mycxr": {"root": "x"}}, data={"duplicates": "error"})).data.duplicates \
+    assert (
+        validate_sweep(sweep(datasets={"mycxr": {"root": "x"}}, data={"duplicates": "error"})).data.duplicates
         == "error"
+    )
     with pytest.raises(ConfigError, match=r"data\.duplicates"):
         validate_sweep(sweep(datasets={"mycxr": {"root": "x"}}, data={"duplicates": "maybe"}))
 

@@ -49,8 +49,8 @@ def test_hand_computed_mixed_map():
     cam[0, 0] = cam[1, 0] = 1.0
     cam[0, 3] = cam[3, 3] = 0.5
     assert energy_inside(cam, mask)[0] == pytest.approx(2.0 / 3.0)  # 2 of a total 3
-    assert magtr(cam, mask)[0] == pytest.approx(2.0 / 4)            # mean over the 4 region pixels
-    assert mangtr(cam, mask)[0] == pytest.approx(1.0 / 12)          # 1.0 spread over 12 outside pixels
+    assert magtr(cam, mask)[0] == pytest.approx(2.0 / 4)  # mean over the 4 region pixels
+    assert mangtr(cam, mask)[0] == pytest.approx(1.0 / 12)  # 1.0 spread over 12 outside pixels
 
 
 def test_batch_means_skip_undefined_images():
@@ -58,12 +58,12 @@ def test_batch_means_skip_undefined_images():
     maps = np.stack([square_mask().astype(float), np.ones((8, 8)), np.zeros((8, 8))])
     per_image = energy_inside(maps, masks)
     assert per_image[0] == pytest.approx(1.0)
-    assert math.isnan(per_image[1])   # empty region
-    assert math.isnan(per_image[2])   # all-zero map
+    assert math.isnan(per_image[1])  # empty region
+    assert math.isnan(per_image[2])  # all-zero map
     assert math.isnan(mangtr(maps, masks)[2])  # region is the whole image: no outside
     scores = localization_scores(maps, masks)
     assert scores["energy_inside"] == pytest.approx(1.0)
-    assert scores["magtr"] == pytest.approx((1.0 + 0.0) / 2)   # images 0 and 2 have a region
+    assert scores["magtr"] == pytest.approx((1.0 + 0.0) / 2)  # images 0 and 2 have a region
     assert scores["mangtr"] == pytest.approx((0.0 + 1.0) / 2)  # images 0 and 1 have an outside
 
 
@@ -84,11 +84,11 @@ def test_boxes_become_masks():
     masks = boxes_to_masks([(1, 2, 4, 3), (0.5, 0.5, 1.2, 1.0), (-3, 6, 20, 20), (np.nan,) * 4], height=8, width=8)
     assert masks.shape == (4, 8, 8)
     expected = np.zeros((8, 8), bool)
-    expected[2:3, 1:4] = True                    # x in [1, 4), y in [2, 3)
+    expected[2:3, 1:4] = True  # x in [1, 4), y in [2, 3)
     assert (masks[0] == expected).all()
     assert masks[1].sum() == 2 and masks[1][0, 0] and masks[1][0, 1]  # fractional edges round outwards
-    assert masks[2].sum() == 2 * 8 and masks[2][6:].all()             # clipped to the image
-    assert not masks[3].any()                                          # no box
+    assert masks[2].sum() == 2 * 8 and masks[2][6:].all()  # clipped to the image
+    assert not masks[3].any()  # no box
     with pytest.raises(ValueError, match="x0 <= x1"):
         boxes_to_masks([(4, 0, 1, 2)], 8, 8)
 

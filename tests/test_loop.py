@@ -38,7 +38,7 @@ def test_batches_cover_every_example_and_drop_a_lonely_last_one():
     order = batch_order(257, seed=1, epoch=0)
     assert sorted(order.tolist()) == list(range(257))
     chunks = batches(order, 128)
-    assert [len(c) for c in chunks] == [128, 128]          # the 1-example batch is dropped
+    assert [len(c) for c in chunks] == [128, 128]  # the 1-example batch is dropped
     assert [len(c) for c in batches(batch_order(258, 1, 0), 128)] == [128, 128, 2]
     assert [len(c) for c in batches(torch.arange(1), 128)] == [1]
 
@@ -64,7 +64,7 @@ def test_checkpoints_are_atomic_and_load_weights_only(tmp_path):
         def __reduce__(self):
             raise RuntimeError("boom")
 
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="boom"):
         save_atomic({"bad": Unpicklable()}, path)
     assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))  # the old file survived intact
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
@@ -99,8 +99,10 @@ class TinyTask:
     def validate(self):
         self.module.eval()
         logits = self.module(self.val.images.float() / 255)
-        return {"val_loss": F.cross_entropy(logits, self.val.labels).item(),
-                "val_acc": (logits.argmax(1) == self.val.labels).float().mean().item()}
+        return {
+            "val_loss": F.cross_entropy(logits, self.val.labels).item(),
+            "val_acc": (logits.argmax(1) == self.val.labels).float().mean().item(),
+        }
 
 
 def toy_data(n: int = 200, seed: int = 0) -> ImageSplit:
@@ -118,8 +120,16 @@ def run_fit(workdir, epochs, **kwargs):
     task = TinyTask(toy_data(60, seed=1))
     settings = SETTINGS.model_copy(update={"epochs": epochs})
     logged = []
-    result = fit(task, toy_data(), settings, seed=5, workdir=workdir, precision=Precision(torch.device("cpu")),
-                 on_epoch_end=lambda epoch, metrics: logged.append(epoch), **kwargs)
+    result = fit(
+        task,
+        toy_data(),
+        settings,
+        seed=5,
+        workdir=workdir,
+        precision=Precision(torch.device("cpu")),
+        on_epoch_end=lambda epoch, metrics: logged.append(epoch),
+        **kwargs,
+    )
     return task, result, logged
 
 
@@ -135,13 +145,22 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
             raise Crash  # the process dies once epoch 1 is checkpointed
 
     with pytest.raises(Crash):
-        fit(TinyTask(toy_data(60, seed=1)), toy_data(), SETTINGS, seed=5, workdir=tmp_path / "b",
-            precision=Precision(torch.device("cpu")), select_by="val_loss", on_epoch_end=crash_after_epoch_1)
+        fit(
+            TinyTask(toy_data(60, seed=1)),
+            toy_data(),
+            SETTINGS,
+            seed=5,
+            workdir=tmp_path / "b",
+            precision=Precision(torch.device("cpu")),
+            select_by="val_loss",
+            on_epoch_end=crash_after_epoch_1,
+        )
     assert load_checkpoint(tmp_path / "b" / LAST)["epoch"] == 1
     torch.manual_seed(1234)  # a fresh process would not share the crashed one's RNG state
     replayed = []
-    resumed_task, resumed, logged = run_fit(tmp_path / "b", epochs=4, select_by="val_loss",
-                                            on_resume=lambda history: replayed.extend(history))
+    resumed_task, resumed, logged = run_fit(
+        tmp_path / "b", epochs=4, select_by="val_loss", on_resume=lambda history: replayed.extend(history)
+    )
     assert resumed.resumed_after_epoch == 1
     assert [int(e["epoch"]) for e in replayed] == [0, 1]
     assert logged == [2, 3]
@@ -163,8 +182,16 @@ def test_best_epoch_state_is_returned(tmp_path):
 def test_early_stopping_on_patience(tmp_path):
     task = TinyTask(toy_data(60, seed=1))
     settings = FinetuneSettings(epochs=50, batch_size=32, lr=1e-9, schedule="constant")
-    result = fit(task, toy_data(), settings, seed=5, workdir=tmp_path, precision=Precision(torch.device("cpu")),
-                 select_by="val_acc", patience=2)
+    result = fit(
+        task,
+        toy_data(),
+        settings,
+        seed=5,
+        workdir=tmp_path,
+        precision=Precision(torch.device("cpu")),
+        select_by="val_acc",
+        patience=2,
+    )
     assert result.stopped_early
     assert len(result.history) < 50
     assert int(result.history[-1]["epoch"]) - result.best_epoch == 2

@@ -7,18 +7,28 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
 from conftest import run_sweep_cli, slurm_records
+from mlflow import MlflowClient
 from ssl_hpc.models.methods import METHODS
 from ssl_hpc.train.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 
-SSL = next((name for name in ("simclr", "mocov2", "rotnet") if name in METHODS and METHODS[name].needs_pretraining),
-           None)
-SLURM = ["--backend", "slurm", "--set", "slurm.profile=local", "--set", "runtime.num_threads=1", "--quiet",
-         "--set", "slurm.aggregate.enabled=false"]
+SSL = next(
+    (name for name in ("simclr", "mocov2", "rotnet") if name in METHODS and METHODS[name].needs_pretraining), None
+)
+SLURM = [
+    "--backend",
+    "slurm",
+    "--set",
+    "slurm.profile=local",
+    "--set",
+    "runtime.num_threads=1",
+    "--quiet",
+    "--set",
+    "slurm.aggregate.enabled=false",
+]
 FINETUNE_METRICS = ("train_loss", "val_loss", "val_acc")
 PRETRAIN_METRICS = ("train_loss",)
 
@@ -55,8 +65,9 @@ def assert_every_epoch_once(client: MlflowClient, run, metrics: tuple[str, ...],
         assert steps == list(range(epochs)), (run.data.tags["key"], name, steps)
 
 
-def test_preempt_signal_requeues_and_resumes_into_the_same_run(tmp_path, data_root, tracking_uri, slurm_cluster,
-                                                                 slurm_cleanup):
+def test_preempt_signal_requeues_and_resumes_into_the_same_run(
+    tmp_path, data_root, tracking_uri, slurm_cluster, slurm_cleanup
+):
     """A pretraining job (when an SSL method is registered) and a fine-tuning job run at the same time; each is
     sent Slurm's preemption signal, requeues itself, resumes from its checkpoint and ends as one FINISHED run."""
     outputs = tmp_path / "outputs"
@@ -65,10 +76,26 @@ def test_preempt_signal_requeues_and_resumes_into_the_same_run(tmp_path, data_ro
     env = {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": tracking_uri}
     epochs, pretrain_epochs = 2, 2  # signalled after epoch 0: the resumed run must log epoch 1 only
     methods = f"[{SSL},supervised]" if SSL else "[supervised]"
-    args = ["sweeps/smoke.yaml", *SLURM, "--set", f"output_dir={outputs}", "--set", "name=preempt",
-            "--set", f"grid.method={methods}", "--set", "grid.label_fraction=[1.0]", "--set", "grid.class_weight=[none]",
-            "--set", "grid.finetune=[frozen]", "--set", f"finetune.epochs={epochs}",
-            "--set", f"pretrain.epochs={pretrain_epochs}"]
+    args = [
+        "sweeps/smoke.yaml",
+        *SLURM,
+        "--set",
+        f"output_dir={outputs}",
+        "--set",
+        "name=preempt",
+        "--set",
+        f"grid.method={methods}",
+        "--set",
+        "grid.label_fraction=[1.0]",
+        "--set",
+        "grid.class_weight=[none]",
+        "--set",
+        "grid.finetune=[frozen]",
+        "--set",
+        f"finetune.epochs={epochs}",
+        "--set",
+        f"pretrain.epochs={pretrain_epochs}",
+    ]
     if SSL:  # the fine-tune job of the pretrained backbone only has to show that it waited: one epoch
         args += ["--set", f"methods.{SSL}.finetune.epochs=1"]
     result = run_sweep_cli(args, env, timeout=600)
@@ -106,16 +133,22 @@ def test_preempt_signal_requeues_and_resumes_into_the_same_run(tmp_path, data_ro
         run = by_key[record["key"]]
         assert run.info.status == "FINISHED", (record, run.data.tags.get("error"))
         assert run.data.tags["slurm_job_id"] == record["job_id"]
-        stage_epochs, metrics = ((pretrain_epochs, PRETRAIN_METRICS) if record["stage"] == "pretrain"
-                                 else (1 if record["dependency"] else epochs, FINETUNE_METRICS))
+        stage_epochs, metrics = (
+            (pretrain_epochs, PRETRAIN_METRICS)
+            if record["stage"] == "pretrain"
+            else (1 if record["dependency"] else epochs, FINETUNE_METRICS)
+        )
         assert_every_epoch_once(client, run, metrics, stage_epochs)
         if record in first_wave:
             resumed = int(run.data.tags["resumed_after_epoch"])
             assert resumed >= interrupted_at[record["key"]] >= 0  # continued from its checkpoint, not epoch 0
             assert run.data.tags["attempts"] == "2" and run.data.tags["slurm_restart_count"] == "1"
             assert "error" not in run.data.tags  # the interruption is not reported as an error once resumed
-            attempts = [row for row in slurm_cluster.accounting([record["job_id"]], duplicates=True)
-                        if row["JobID"] == record["job_id"]]
+            attempts = [
+                row
+                for row in slurm_cluster.accounting([record["job_id"]], duplicates=True)
+                if row["JobID"] == record["job_id"]
+            ]
             assert len(attempts) == 2 and attempts[-1]["State"] == "COMPLETED", attempts
         else:
             assert run.data.tags["attempts"] == "1"
@@ -123,12 +156,14 @@ def test_preempt_signal_requeues_and_resumes_into_the_same_run(tmp_path, data_ro
         pretrain = next(r for r in records if r["stage"] == "pretrain")
         dependent = next(r for r in records if r["dependency"])
         rows = {row["JobID"]: row for row in slurm_cluster.accounting([pretrain["job_id"], dependent["job_id"]])}
-        assert slurm_cluster.timestamp(rows[dependent["job_id"]]["Start"]) >= \
-            slurm_cluster.timestamp(rows[pretrain["job_id"]]["End"]), rows
+        assert slurm_cluster.timestamp(rows[dependent["job_id"]]["Start"]) >= slurm_cluster.timestamp(
+            rows[pretrain["job_id"]]["End"]
+        ), rows
 
 
-def test_preempt_kill_without_signal_resumes_when_the_sweep_is_rerun(tmp_path, data_root, tracking_uri, slurm_cluster,
-                                                                      slurm_cleanup, sweep_here):
+def test_preempt_kill_without_signal_resumes_when_the_sweep_is_rerun(
+    tmp_path, data_root, tracking_uri, slurm_cluster, slurm_cleanup, sweep_here
+):
     """Two runs packed in one allocation are killed outright (SIGKILL: no chance to requeue); re-running the
     sweep resubmits both and each resumes from its last checkpoint into its own MLflow run."""
     outputs = tmp_path / "outputs"
@@ -136,9 +171,22 @@ def test_preempt_kill_without_signal_resumes_when_the_sweep_is_rerun(tmp_path, d
     slurm_cleanup(root)
     env = {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": tracking_uri}
     epochs = 4  # the two runs of the pack do not keep pace on a busy machine: leave room after the first checkpoint
-    args = ["sweeps/smoke.yaml", *SLURM, "--set", f"output_dir={outputs}", "--set", "name=killed",
-            "--set", "grid.label_fraction=[0.25]", "--set", f"finetune.epochs={epochs}",
-            "--set", "slurm.pack=2", "--set", "slurm.cpus_per_job=2"]
+    args = [
+        "sweeps/smoke.yaml",
+        *SLURM,
+        "--set",
+        f"output_dir={outputs}",
+        "--set",
+        "name=killed",
+        "--set",
+        "grid.label_fraction=[0.25]",
+        "--set",
+        f"finetune.epochs={epochs}",
+        "--set",
+        "slurm.pack=2",
+        "--set",
+        "slurm.cpus_per_job=2",
+    ]
     result = run_sweep_cli(args, env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     records = slurm_records(root)
@@ -151,8 +199,9 @@ def test_preempt_kill_without_signal_resumes_when_the_sweep_is_rerun(tmp_path, d
     killed_at = {key: checkpoint_epoch(path) for key, path in checkpoints.items()}
     assert all(0 <= epoch < epochs - 1 for epoch in killed_at.values()), killed_at
     client = MlflowClient(tracking_uri)
-    before = {run.data.tags["key"]: run for run in
-              client.search_runs([client.get_experiment_by_name("killed").experiment_id])}
+    before = {
+        run.data.tags["key"]: run for run in client.search_runs([client.get_experiment_by_name("killed").experiment_id])
+    }
     assert set(before) == set(killed_at) and all(run.info.status == "RUNNING" for run in before.values())
 
     code, out = sweep_here([*args, "--status"], env)

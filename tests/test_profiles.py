@@ -13,8 +13,11 @@ from ssl_hpc.cli import sweep_main
 from ssl_hpc.config import ConfigError, load_sweep
 from ssl_hpc.launchers.profiles import available_profiles, load_profile
 
-SWEEP = {"name": "profiles", "grid": {"dataset": ["pneumoniamnist"], "method": ["supervised"]},
-         "finetune": {"epochs": 1}}
+SWEEP = {
+    "name": "profiles",
+    "grid": {"dataset": ["pneumoniamnist"], "method": ["supervised"]},
+    "finetune": {"epochs": 1},
+}
 
 
 @pytest.fixture
@@ -33,8 +36,9 @@ def write(path: Path, content: dict) -> Path:
 
 def submit(tmp_path: Path, project: Path, *extra: str) -> int:
     sweep = write(tmp_path / "sweep.yaml", SWEEP)
-    return sweep_main([str(sweep), "--backend", "slurm", "--set", f"output_dir={tmp_path / 'outputs'}", *extra],
-                      project_root=project)
+    return sweep_main(
+        [str(sweep), "--backend", "slurm", "--set", f"output_dir={tmp_path / 'outputs'}", *extra], project_root=project
+    )
 
 
 def assert_nothing_submitted(tmp_path: Path, project: Path) -> None:
@@ -43,18 +47,21 @@ def assert_nothing_submitted(tmp_path: Path, project: Path) -> None:
     assert not (project / "mlflow").exists() and not (project / "outputs").exists()
 
 
-@pytest.mark.parametrize("profile,expected", [
-    ({"partition": "debug", "partitoin": "gpu"}, ["partitoin", "unknown field", "accepted:", "partition"]),
-    ({"partition": "debug", "time_min": -30}, ["time_min", "greater than 0"]),
-    ({"partition": "debug", "time_min": 0}, ["time_min", "greater than 0"]),
-    ({"partition": "debug", "cpus_per_job": "many"}, ["cpus_per_job", "integer"]),
-    ({"partition": "debug", "extra_sbatch": ["--array=0-3"]}, ["extra_sbatch", "--array is set by the backend"]),
-    ({"partition": "debug", "extra_sbatch": ["reservation=x"]}, ["extra_sbatch", "not an sbatch option"]),
-    # a newline would end the #SBATCH line and run the rest as a command in the job script
-    ({"partition": "debug\ntouch /tmp/owned #"}, ["partition", "not a Slurm name", "accepted characters"]),
-    ({"partition": "debug", "aggregate": {"partition": "a'b"}}, ["aggregate.partition", "not a Slurm name"]),
-    ({"partition": "debug", "time_min": 2, "signal_delay_s": 120}, ["signal_delay_s", "shorter than time_min"]),
-])
+@pytest.mark.parametrize(
+    "profile,expected",
+    [
+        ({"partition": "debug", "partitoin": "gpu"}, ["partitoin", "unknown field", "accepted:", "partition"]),
+        ({"partition": "debug", "time_min": -30}, ["time_min", "greater than 0"]),
+        ({"partition": "debug", "time_min": 0}, ["time_min", "greater than 0"]),
+        ({"partition": "debug", "cpus_per_job": "many"}, ["cpus_per_job", "integer"]),
+        ({"partition": "debug", "extra_sbatch": ["--array=0-3"]}, ["extra_sbatch", "--array is set by the backend"]),
+        ({"partition": "debug", "extra_sbatch": ["reservation=x"]}, ["extra_sbatch", "not an sbatch option"]),
+        # a newline would end the #SBATCH line and run the rest as a command in the job script
+        ({"partition": "debug\ntouch /tmp/owned #"}, ["partition", "not a Slurm name", "accepted characters"]),
+        ({"partition": "debug", "aggregate": {"partition": "a'b"}}, ["aggregate.partition", "not a Slurm name"]),
+        ({"partition": "debug", "time_min": 2, "signal_delay_s": 120}, ["signal_delay_s", "shorter than time_min"]),
+    ],
+)
 def test_bad_profile_file_is_refused_before_submission(tmp_path, project, capsys, profile, expected):
     path = write(tmp_path / "cluster.yaml", {**profile, "single_node": True})
     code = submit(tmp_path, project, "--set", f"slurm.profile={path}")
@@ -66,11 +73,14 @@ def test_bad_profile_file_is_refused_before_submission(tmp_path, project, capsys
     assert_nothing_submitted(tmp_path, project)
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("slurm.time_min=-5", ["slurm.time_min", "greater than 0"]),
-    ("slurm.partitoin=gpu", ["slurm.partitoin", "unknown field", "accepted:"]),
-    ("slurm.pack=0", ["slurm.pack", "greater than or equal to 1"]),
-])
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("slurm.time_min=-5", ["slurm.time_min", "greater than 0"]),
+        ("slurm.partitoin=gpu", ["slurm.partitoin", "unknown field", "accepted:"]),
+        ("slurm.pack=0", ["slurm.pack", "greater than or equal to 1"]),
+    ],
+)
 def test_bad_profile_override_in_the_sweep_is_refused(tmp_path, project, capsys, override, expected):
     code = submit(tmp_path, project, "--set", "slurm.profile=local", "--set", override)
     assert code == 2
@@ -128,8 +138,7 @@ def test_shipped_profiles_are_valid():
 
 
 def test_sweep_overrides_win_over_the_profile(tmp_path):
-    sweep = load_sweep(write(tmp_path / "s.yaml", {**SWEEP, "slurm": {"profile": "local", "pack": 4,
-                                                                       "time_min": 15}}))
+    sweep = load_sweep(write(tmp_path / "s.yaml", {**SWEEP, "slurm": {"profile": "local", "pack": 4, "time_min": 15}}))
     profile = load_profile(sweep.slurm.profile, PROJECT_ROOT, sweep.slurm.overrides)
     assert (profile.pack, profile.time_min, profile.partition) == (4, 15, "debug")
 

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import pytest
-from mlflow import MlflowClient
 
 from conftest import run_sweep_cli
+from mlflow import MlflowClient
 from ssl_hpc.models.methods import METHODS
 
 pytestmark = pytest.mark.e2e
 
-SSL = next((name for name in ("simclr", "mocov2", "rotnet") if name in METHODS and METHODS[name].needs_pretraining),
-           None)
+SSL = next(
+    (name for name in ("simclr", "mocov2", "rotnet") if name in METHODS and METHODS[name].needs_pretraining), None
+)
 # Tags that name where a run executed (or a store-specific id), not what it is.
-PLACE_TAGS = {"ray_node_id", "mlflow.user", "mlflow.source.name", "mlflow.source.type",
-              "pretrain_run_id"}  # the pretraining run's id differs from store to store; its key does not
+PLACE_TAGS = {
+    "ray_node_id",
+    "mlflow.user",
+    "mlflow.source.name",
+    "mlflow.source.type",
+    "pretrain_run_id",
+}  # the pretraining run's id differs from store to store; its key does not
 
 
 def snapshot(tracking_uri: str) -> dict[str, dict]:
@@ -23,8 +29,10 @@ def snapshot(tracking_uri: str) -> dict[str, dict]:
     runs = client.search_runs([experiment.experiment_id], "tags.stage != 'aggregate'")  # tables, not training
     result = {}
     for run in runs:
-        histories = {name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]
-                     for name in ("train_loss", "val_loss", "val_acc")}
+        histories = {
+            name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]
+            for name in ("train_loss", "val_loss", "val_acc")
+        }
         result[run.data.tags["key"]] = {
             "status": run.info.status,
             "start": run.info.start_time,
@@ -42,9 +50,24 @@ def snapshot(tracking_uri: str) -> dict[str, dict]:
 def test_ray_backend_produces_the_same_runs_as_the_local_backend(tmp_path, data_root):
     """A pretraining job and its fine-tune job (the supervised reference if no SSL method is registered)."""
     methods = f"[{SSL}]" if SSL else "[supervised]"
-    args = ["sweeps/smoke.yaml", "--quiet", "--set", "finetune.epochs=1", "--set", "pretrain.epochs=1",
-            "--set", "grid.label_fraction=[0.25]", "--set", "grid.class_weight=[none]", "--set", "grid.finetune=[frozen]",
-            "--set", f"grid.method={methods}", "--set", "runtime.num_threads=1"]
+    args = [
+        "sweeps/smoke.yaml",
+        "--quiet",
+        "--set",
+        "finetune.epochs=1",
+        "--set",
+        "pretrain.epochs=1",
+        "--set",
+        "grid.label_fraction=[0.25]",
+        "--set",
+        "grid.class_weight=[none]",
+        "--set",
+        "grid.finetune=[frozen]",
+        "--set",
+        f"grid.method={methods}",
+        "--set",
+        "runtime.num_threads=1",
+    ]
     expected = 2 if SSL else 1
     stores = {}
     for backend in ("local", "ray"):
@@ -52,14 +75,15 @@ def test_ray_backend_produces_the_same_runs_as_the_local_backend(tmp_path, data_
         extra = ["--backend", backend, "--set", f"output_dir={tmp_path / backend / 'outputs'}"]
         if backend == "ray":
             extra += ["--set", "ray.num_cpus=2", "--set", "ray.cpus_per_job=1", "--set", "ray.gpus_per_job=0"]
-        result = run_sweep_cli([*args, *extra], {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": uri},
-                               timeout=900)
+        result = run_sweep_cli(
+            [*args, *extra], {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": uri}, timeout=900
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"smoke: {expected} finished" in result.stdout, result.stdout
         stores[backend] = snapshot(uri)
     local, ray = stores["local"], stores["ray"]
     assert set(local) == set(ray) and len(local) == expected  # the same keys
-    for key, run in ray.items():  # a fine-tune task started only once its pretraining task had finished
+    for run in ray.values():  # a fine-tune task started only once its pretraining task had finished
         pretrain_key = run["tags"].get("pretrain_key")
         if pretrain_key:
             assert run["start"] >= ray[pretrain_key]["end"]

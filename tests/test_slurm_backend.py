@@ -8,15 +8,16 @@ import shutil
 import subprocess
 
 import pytest
-from mlflow import MlflowClient
 
 from conftest import PROJECT_ROOT, run_sweep_cli, slurm_records
+from mlflow import MlflowClient
 from ssl_hpc.models.methods import METHODS
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 
-SSL = next((name for name in ("simclr", "mocov2", "rotnet") if name in METHODS and METHODS[name].needs_pretraining),
-           None)
+SSL = next(
+    (name for name in ("simclr", "mocov2", "rotnet") if name in METHODS and METHODS[name].needs_pretraining), None
+)
 SLURM = ["--backend", "slurm", "--set", "slurm.profile=local", "--set", "runtime.num_threads=1", "--quiet"]
 EPOCH_METRICS = ("train_loss", "val_loss", "val_acc")
 
@@ -37,14 +38,23 @@ def job_ids(root) -> list[str]:
     return sorted({record["job_id"] for record in slurm_records(root)})
 
 
-def test_smoke_sweep_on_slurm_queues_every_run_once(tmp_path, data_root, tracking_uri, slurm_cluster, slurm_cleanup,
-                                                     sweep_here):
+def test_smoke_sweep_on_slurm_queues_every_run_once(
+    tmp_path, data_root, tracking_uri, slurm_cluster, slurm_cleanup, sweep_here
+):
     outputs = tmp_path / "outputs"
     root = outputs / "smoke"
     slurm_cleanup(root)
     env = {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": tracking_uri}
-    common = ["sweeps/smoke.yaml", *SLURM, "--set", f"output_dir={outputs}", "--set", "finetune.epochs=1",
-              "--set", "slurm.aggregate.enabled=false"]
+    common = [
+        "sweeps/smoke.yaml",
+        *SLURM,
+        "--set",
+        f"output_dir={outputs}",
+        "--set",
+        "finetune.epochs=1",
+        "--set",
+        "slurm.aggregate.enabled=false",
+    ]
     # 1. Half of the sweep, as a user runs it; its two runs packed into one allocation of 2 CPUs.
     half = [*common, "--set", "grid.label_fraction=[0.25]", "--set", "slurm.pack=2", "--set", "slurm.cpus_per_job=2"]
     first = submit(half, env)
@@ -59,12 +69,15 @@ def test_smoke_sweep_on_slurm_queues_every_run_once(tmp_path, data_root, trackin
     slurm_cluster.wait_gone(job_ids(root), timeout=900)
     # 3. The whole smoke sweep: only the missing runs are queued, as arrays of one task (MaxArraySize=1),
     #    and no more than MaxSubmitJobs allows (this user's queued jobs + 1): one now, the other next time.
-    queued_now = len([line for line in slurm_cluster.run("squeue", "-h", "-r", "-u", getpass.getuser()).splitlines()
-                      if line.strip()])
-    code, out = sweep_here([*common, "--set", "slurm.max_array_size=1",
-                            "--set", f"slurm.max_submit_jobs={queued_now + 1}"], env)
-    assert code == 0 and "smoke: 1 submitted, 0 already queued, 2 finished, 0 running elsewhere, 1 not submitted" \
-        in out, out
+    queued_now = len(
+        [line for line in slurm_cluster.run("squeue", "-h", "-r", "-u", getpass.getuser()).splitlines() if line.strip()]
+    )
+    code, out = sweep_here(
+        [*common, "--set", "slurm.max_array_size=1", "--set", f"slurm.max_submit_jobs={queued_now + 1}"], env
+    )
+    assert (
+        code == 0 and "smoke: 1 submitted, 0 already queued, 2 finished, 0 running elsewhere, 1 not submitted" in out
+    ), out
     assert f"MaxSubmitJobs ({queued_now + 1}) reached" in out
     code, out = sweep_here([*common, "--set", "slurm.max_array_size=1"], env)
     assert code == 0 and "smoke: 1 submitted, 1 already queued, 2 finished" in out, out
@@ -95,24 +108,42 @@ def test_smoke_sweep_on_slurm_queues_every_run_once(tmp_path, data_root, trackin
     assert {row["JobID"] for row in accounting} == set(job_ids(root))
     assert all(row["State"] == "COMPLETED" for row in accounting), accounting
 
-    code, out = sweep_here(["sweeps/smoke.yaml", "--status", "--set", f"output_dir={outputs}",
-                            "--set", "finetune.epochs=1"], env)
+    code, out = sweep_here(
+        ["sweeps/smoke.yaml", "--status", "--set", f"output_dir={outputs}", "--set", "finetune.epochs=1"], env
+    )
     assert code == 0 and "0 pending, 0 running, 4 finished, 0 failed" in out, out
     assert all(f"slurm {job_id}" in out for job_id in job_ids(root))
 
 
 @pytest.mark.skipif(SSL is None, reason="no SSL method with a pretraining stage is registered yet")
-def test_finetune_waits_for_its_pretraining_job_then_aggregation_runs(tmp_path, data_root, tracking_uri,
-                                                                       slurm_cluster, slurm_cleanup):
+def test_finetune_waits_for_its_pretraining_job_then_aggregation_runs(
+    tmp_path, data_root, tracking_uri, slurm_cluster, slurm_cleanup
+):
     name = f"slurm_order_{tmp_path.name[-12:]}"
     outputs = tmp_path / "outputs"
     root = outputs / name
     slurm_cleanup(root)
     env = {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": tracking_uri}
-    args = ["sweeps/smoke.yaml", *SLURM, "--set", f"output_dir={outputs}", "--set", f"name={name}",
-            "--set", f"grid.method=[{SSL},supervised]", "--set", "grid.label_fraction=[0.25]",
-            "--set", "grid.class_weight=[none]", "--set", "grid.finetune=[frozen]",
-            "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1"]
+    args = [
+        "sweeps/smoke.yaml",
+        *SLURM,
+        "--set",
+        f"output_dir={outputs}",
+        "--set",
+        f"name={name}",
+        "--set",
+        f"grid.method=[{SSL},supervised]",
+        "--set",
+        "grid.label_fraction=[0.25]",
+        "--set",
+        "grid.class_weight=[none]",
+        "--set",
+        "grid.finetune=[frozen]",
+        "--set",
+        "pretrain.epochs=1",
+        "--set",
+        "finetune.epochs=1",
+    ]
     try:
         result = submit(args, env)
         assert f"{name}: 3 submitted" in result.stdout, result.stdout
@@ -129,8 +160,9 @@ def test_finetune_waits_for_its_pretraining_job_then_aggregation_runs(tmp_path, 
         rows = {row["JobID"]: row for row in slurm_cluster.accounting(job_ids(root))}
         ends = [slurm_cluster.timestamp(rows[r["job_id"]]["End"]) for r in records.values() if r["key"] != "aggregate"]
         # Slurm's own records: the fine-tune job started only after its pretraining job ended ...
-        assert slurm_cluster.timestamp(rows[dependent["job_id"]]["Start"]) >= \
-            slurm_cluster.timestamp(rows[pretrain["job_id"]]["End"]), rows
+        assert slurm_cluster.timestamp(rows[dependent["job_id"]]["Start"]) >= slurm_cluster.timestamp(
+            rows[pretrain["job_id"]]["End"]
+        ), rows
         # ... and the aggregation after every run.
         assert slurm_cluster.timestamp(rows[records["aggregate"]["job_id"]]["Start"]) >= max(ends), rows
         assert all(row["State"] == "COMPLETED" for row in rows.values()), rows
@@ -143,8 +175,9 @@ def test_finetune_waits_for_its_pretraining_job_then_aggregation_runs(tmp_path, 
             pass
 
 
-def test_a_real_failure_is_reported_with_its_reason_and_not_retried(tmp_path, data_root, tracking_uri,
-                                                                     slurm_cluster, slurm_cleanup, sweep_here):
+def test_a_real_failure_is_reported_with_its_reason_and_not_retried(
+    tmp_path, data_root, tracking_uri, slurm_cluster, slurm_cleanup, sweep_here
+):
     """An exception on the node (here: asking for a GPU the node does not have) fails the job once; jobs
     that needed it are cancelled by Slurm; --status says why."""
     outputs = tmp_path / "outputs"
@@ -152,9 +185,26 @@ def test_a_real_failure_is_reported_with_its_reason_and_not_retried(tmp_path, da
     slurm_cleanup(root)
     env = {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": tracking_uri}
     methods = f"[{SSL}]" if SSL else "[supervised]"
-    args = ["sweeps/smoke.yaml", *SLURM, "--set", f"output_dir={outputs}", "--set", "name=slurm_fail",
-            "--set", f"grid.method={methods}", "--set", "grid.label_fraction=[0.25]", "--set", "grid.class_weight=[none]",
-            "--set", "grid.finetune=[frozen]", "--set", "runtime.device=cuda", "--set", "slurm.aggregate.enabled=false"]
+    args = [
+        "sweeps/smoke.yaml",
+        *SLURM,
+        "--set",
+        f"output_dir={outputs}",
+        "--set",
+        "name=slurm_fail",
+        "--set",
+        f"grid.method={methods}",
+        "--set",
+        "grid.label_fraction=[0.25]",
+        "--set",
+        "grid.class_weight=[none]",
+        "--set",
+        "grid.finetune=[frozen]",
+        "--set",
+        "runtime.device=cuda",
+        "--set",
+        "slurm.aggregate.enabled=false",
+    ]
     submit(args, env)
     ids = job_ids(root)
     slurm_cluster.wait_gone(ids, timeout=600, release_requeued=False)

@@ -6,18 +6,34 @@ import pytest
 
 from ssl_hpc.config import validate_sweep
 from ssl_hpc.jobs import expand_jobs
-from ssl_hpc.launchers.slurm import (AccountingEntry, base_ids, expand_job_id, failure_reason, parse_sacct,
-                                     plan_submission)
+from ssl_hpc.launchers.slurm import (
+    AccountingEntry,
+    base_ids,
+    expand_job_id,
+    failure_reason,
+    parse_sacct,
+    plan_submission,
+)
 from ssl_hpc.models.methods import METHODS
 
-SSL = next((name for name in ("simclr", "mocov2", "rotnet") if name in METHODS and METHODS[name].needs_pretraining),
-           None)
+SSL = next(
+    (name for name in ("simclr", "mocov2", "rotnet") if name in METHODS and METHODS[name].needs_pretraining), None
+)
 needs_ssl = pytest.mark.skipif(SSL is None, reason="no method with a pretraining stage is registered yet")
 
 
 def sweep_jobs(methods: list[str]):
-    sweep = validate_sweep({"name": "plan", "grid": {"dataset": ["pneumoniamnist"], "method": methods,
-                                                     "label_fraction": [1.0, 0.25], "finetune": ["frozen"]}})
+    sweep = validate_sweep(
+        {
+            "name": "plan",
+            "grid": {
+                "dataset": ["pneumoniamnist"],
+                "method": methods,
+                "label_fraction": [1.0, 0.25],
+                "finetune": ["frozen"],
+            },
+        }
+    )
     return expand_jobs(sweep)
 
 
@@ -53,8 +69,15 @@ def test_resubmission_skips_finished_and_queued_and_waits_for_a_queued_pretraini
     pretrain = next(job for job in jobs if job.stage == "pretrain")
     dependents = [job for job in jobs if job.depends_on]
     supervised = [job for job in jobs if job.stage == "finetune" and not job.depends_on]
-    plan = plan_submission(jobs, {supervised[0].key}, {pretrain.key: "41_0", dependents[0].key: "42_0"}, set(),
-                           pack=1, array_size=1000, sweep_name="plan")
+    plan = plan_submission(
+        jobs,
+        {supervised[0].key},
+        {pretrain.key: "41_0", dependents[0].key: "42_0"},
+        set(),
+        pack=1,
+        array_size=1000,
+        sweep_name="plan",
+    )
     assert plan.finished == [supervised[0].key]
     assert plan.queued == {pretrain.key: "41_0", dependents[0].key: "42_0"}
     assert sorted(plan.to_submit) == sorted([dependents[1].key, supervised[1].key])
@@ -67,8 +90,15 @@ def test_resubmission_skips_finished_and_queued_and_waits_for_a_queued_pretraini
 
 def test_packing_and_array_size_limits():
     jobs = sweep_jobs(["supervised"]) + sweep_jobs(["supervised"])[:0]
-    jobs = expand_jobs(validate_sweep({"name": "plan", "seeds": [1, 2, 3], "grid": {
-        "dataset": ["pneumoniamnist"], "method": ["supervised"], "label_fraction": [1.0, 0.5, 0.25]}}))
+    jobs = expand_jobs(
+        validate_sweep(
+            {
+                "name": "plan",
+                "seeds": [1, 2, 3],
+                "grid": {"dataset": ["pneumoniamnist"], "method": ["supervised"], "label_fraction": [1.0, 0.5, 0.25]},
+            }
+        )
+    )
     assert len(jobs) == 9
     plan = plan_submission(jobs, set(), {}, set(), pack=4, array_size=2, sweep_name="plan")
     # 9 runs -> 3 packs (4, 4, 1) -> arrays of at most 2 tasks: [2 packs], [1 pack]
@@ -88,23 +118,28 @@ def test_job_ids_and_sacct_output_are_read():
     assert expand_job_id("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
     assert expand_job_id("12_4") == ["12_4"] and expand_job_id("13") == ["13"]
     assert base_ids(["12_0", "12_1", "9", "100_3"]) == ["9", "12", "100"]
-    out = ("12_0|COMPLETED|0:0|None|vm|2026-01-01T00:00:00|2026-01-01T00:01:00\n"
-           "12_1|OUT_OF_MEMORY|0:125|None|vm|2026-01-01T00:00:00|2026-01-01T00:01:00\n"
-           "12_[2-3]|CANCELLED by 0|0:0|DependencyNeverSatisfied|None assigned|None|2026-01-01T00:02:00\n"
-           "12_1.batch|OUT_OF_MEMORY|0:125||vm||\n")
+    out = (
+        "12_0|COMPLETED|0:0|None|vm|2026-01-01T00:00:00|2026-01-01T00:01:00\n"
+        "12_1|OUT_OF_MEMORY|0:125|None|vm|2026-01-01T00:00:00|2026-01-01T00:01:00\n"
+        "12_[2-3]|CANCELLED by 0|0:0|DependencyNeverSatisfied|None assigned|None|2026-01-01T00:02:00\n"
+        "12_1.batch|OUT_OF_MEMORY|0:125||vm||\n"
+    )
     entries = parse_sacct(out)
     assert set(entries) == {"12_0", "12_1", "12_2", "12_3"}
     assert entries["12_3"].state == "CANCELLED" and entries["12_1"].exit_code == "0:125"
 
 
-@pytest.mark.parametrize("state,exit_code,reason,expected", [
-    ("OUT_OF_MEMORY", "0:125", "None", "OOM"),
-    ("TIMEOUT", "0:0", "None", "TIMEOUT"),
-    ("PREEMPTED", "0:15", "None", "PREEMPTED"),
-    ("NODE_FAIL", "0:0", "None", "NODE_FAIL"),
-    ("CANCELLED", "0:0", "DependencyNeverSatisfied", "CANCELLED (its pretraining job failed)"),
-    ("FAILED", "1:0", "NonZeroExitCode", "FAILED (exit 1:0)"),
-])
+@pytest.mark.parametrize(
+    "state,exit_code,reason,expected",
+    [
+        ("OUT_OF_MEMORY", "0:125", "None", "OOM"),
+        ("TIMEOUT", "0:0", "None", "TIMEOUT"),
+        ("PREEMPTED", "0:15", "None", "PREEMPTED"),
+        ("NODE_FAIL", "0:0", "None", "NODE_FAIL"),
+        ("CANCELLED", "0:0", "DependencyNeverSatisfied", "CANCELLED (its pretraining job failed)"),
+        ("FAILED", "1:0", "NonZeroExitCode", "FAILED (exit 1:0)"),
+    ],
+)
 def test_failure_reasons_name_slurm_states(state, exit_code, reason, expected):
     text = failure_reason(AccountingEntry("7_1", state, exit_code, reason))
     assert text == f"slurm 7_1 {expected}"
@@ -112,6 +147,7 @@ def test_failure_reasons_name_slurm_states(state, exit_code, reason, expected):
 
 def test_failure_reason_ends_with_the_exception_line():
     error = "Traceback (most recent call last):\n  File \"x.py\", line 1\nRuntimeError: runtime.device is 'cuda'\n"
-    text = failure_reason(AccountingEntry("7", "FAILED", "1:0", "NonZeroExitCode"),
-                          {"error": error, "error_type": "RuntimeError"})
+    text = failure_reason(
+        AccountingEntry("7", "FAILED", "1:0", "NonZeroExitCode"), {"error": error, "error_type": "RuntimeError"}
+    )
     assert text == "slurm 7 FAILED (exit 1:0); RuntimeError: runtime.device is 'cuda'"

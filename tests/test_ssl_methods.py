@@ -7,15 +7,15 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
+from ssl_hpc.config import PretrainSettings
 from ssl_hpc.data.augment import view_augmentation
 from ssl_hpc.evaluate.knn import knn_probs
 from ssl_hpc.models.backbones import BackboneRequest, build_backbone
 from ssl_hpc.models.classifier import Preprocess
 from ssl_hpc.models.methods import METHODS
 from ssl_hpc.models.methods.rotnet import rotated_batch
-from ssl_hpc.train.pretrain import PretextTask
-from ssl_hpc.config import PretrainSettings
 from ssl_hpc.train.optim import build_optimizer, set_lr
+from ssl_hpc.train.pretrain import PretextTask
 
 PRETEXT = sorted(name for name, spec in METHODS.items() if spec.needs_pretraining)
 SIZE = 28
@@ -37,8 +37,9 @@ def make_task(method: str, seed: int = 0) -> PretextTask:
     torch.manual_seed(seed)
     spec = METHODS[method]
     backbone = "vit_mini" if spec.backbone_families == ("vit",) else "resnet18"
-    request = BackboneRequest(in_channels=1, image_size=SIZE, stem="imagenet",
-                              vit_pool=spec.model_defaults.get("vit_pool", "token"))
+    request = BackboneRequest(
+        in_channels=1, image_size=SIZE, stem="imagenet", vit_pool=spec.model_defaults.get("vit_pool", "token")
+    )
     settings = PretrainSettings(**spec.pretrain_defaults, epochs=10)
     model = spec.build_pretext(backbone, request, settings)
     preprocess = Preprocess(1, 1, model.backbone.info.mean, model.backbone.info.std)
@@ -167,7 +168,9 @@ def test_mae_trains_the_backbone_s_own_weights():
     loss = task.loss(fixed_batch(8), torch.zeros(8, dtype=torch.long))
     loss.backward()
     torch.optim.SGD(task.param_groups(), lr=0.1).step()
-    changed = [name for name, tensor in task.module.backbone.state_dict().items() if not torch.equal(before[name], tensor)]
+    changed = [
+        name for name, tensor in task.module.backbone.state_dict().items() if not torch.equal(before[name], tensor)
+    ]
     assert any(name.startswith("body.blocks.0.") for name in changed)
 
 

@@ -7,8 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from ssl_hpc.evaluate.stats import (bootstrap_ci, format_p, mcnemar, mean_std, paired_bootstrap, resample_weights,
-                                    score, weighted_scores)
+from ssl_hpc.evaluate.stats import (
+    bootstrap_ci,
+    format_p,
+    mcnemar,
+    mean_std,
+    paired_bootstrap,
+    resample_weights,
+    score,
+    weighted_scores,
+)
 
 
 def test_mean_std_over_seeds():

@@ -57,7 +57,9 @@ def test_rotation_report_setting_100_labels_on_ten_classes():
     assert len(label_subset(labels, seed=0, per_class=10)) == 100
 
 
-@pytest.mark.parametrize("kwargs", [{"fraction": 0.0}, {"fraction": 1.5}, {"per_class": 0}, {"fraction": 0.5, "per_class": 3}])
+@pytest.mark.parametrize(
+    "kwargs", [{"fraction": 0.0}, {"fraction": 1.5}, {"per_class": 0}, {"fraction": 0.5, "per_class": 3}]
+)
 def test_invalid_budgets(kwargs):
     with pytest.raises(ValueError):
         label_subset(LABELS, seed=0, **kwargs)

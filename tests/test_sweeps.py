@@ -13,13 +13,16 @@ from ssl_hpc.jobs import expand_jobs
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
 
-@pytest.mark.parametrize("name,pretrain,finetune", [
-    ("smoke", 0, 4),
-    ("smoke_ssl", 5, 20),
-    ("full_grid", 10, 44),          # 2 datasets x (5 SSL models pretrained; 5 x 2 budgets x 2 modes + reference x 2)
-    ("transfer_pneumonia", 0, 4),   # ResNet-50 and the CNN, 5 and 15 epochs
-    ("covid_radiography", 0, 12),   # 4 networks x COVID weight 1..3
-])
+@pytest.mark.parametrize(
+    "name,pretrain,finetune",
+    [
+        ("smoke", 0, 4),
+        ("smoke_ssl", 5, 20),
+        ("full_grid", 10, 44),  # 2 datasets x (5 SSL models pretrained; 5 x 2 budgets x 2 modes + reference x 2)
+        ("transfer_pneumonia", 0, 4),  # ResNet-50 and the CNN, 5 and 15 epochs
+        ("covid_radiography", 0, 12),  # 4 networks x COVID weight 1..3
+    ],
+)
 def test_sweep_validates_and_dry_runs(name, pretrain, finetune, capsys, tmp_path):
     jobs = expand_jobs(load_sweep(SWEEPS / f"{name}.yaml"))
     assert sum(job.stage == "pretrain" for job in jobs) == pretrain
@@ -38,8 +41,10 @@ def test_full_grid_is_the_thesis_grid():
     assert {job.config.label_fraction for job in finetune} == {1.0, 0.25}
     assert {job.config.finetune for job in finetune if job.config.method != "supervised"} == {"frozen", "end_to_end"}
     assert {job.config.seed for job in jobs} == {621}
-    assert all(job.config.finetune_settings.epochs == 100 and job.config.finetune_settings.batch_size == 128
-               for job in finetune)
+    assert all(
+        job.config.finetune_settings.epochs == 100 and job.config.finetune_settings.batch_size == 128
+        for job in finetune
+    )
     pretrain = {job.model_name: job.config for job in jobs if job.stage == "pretrain"}
     assert pretrain["mae"].model.input_size == 224 and pretrain["mae"].backbone == "vit_base"
     assert pretrain["aim"].model.vit_patch_size == 4

@@ -9,14 +9,32 @@ import pandas as pd
 import pytest
 
 from ssl_hpc.evaluate.tables import (
-    ACCURACY, MEAN_CLASS_ACCURACY, ROW, Column, class_table, display_frame, latex, markdown, mean_class_accuracy,
-    read_class_table, write_class_table, write_frame,
+    ACCURACY,
+    MEAN_CLASS_ACCURACY,
+    ROW,
+    Column,
+    class_table,
+    display_frame,
+    latex,
+    markdown,
+    mean_class_accuracy,
+    read_class_table,
+    write_class_table,
+    write_frame,
 )
 
 # The thesis's reference model (supervised ResNet-18) on BloodMNIST, Full labels: per-class accuracy (%).
 THESIS_BLOOD_FULL_REFERENCE = [86.48, 98.88, 93.25, 86.53, 93.00, 86.97, 95.50, 100]
-BLOOD_CLASSES = ["basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte", "monocyte",
-                 "neutrophil", "platelet"]
+BLOOD_CLASSES = [
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "immature granulocytes",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+]
 
 
 def test_thesis_reference_column_bloodmnist_full():
@@ -55,7 +73,9 @@ def test_layout_and_mean_class_accuracy_is_the_mean_of_the_class_rows(tmp_path):
     assert table.loc[ACCURACY, "simclr/frozen"] == pytest.approx(72.0)
     std = read_class_table(tmp_path / "table_x_1.0_std.csv")
     assert std.loc[ACCURACY, "simclr/frozen"] == pytest.approx(2.0)
-    assert std.loc[MEAN_CLASS_ACCURACY, "simclr/frozen"] == pytest.approx(np.std(simclr.class_accuracy.mean(axis=1), ddof=1))
+    assert std.loc[MEAN_CLASS_ACCURACY, "simclr/frozen"] == pytest.approx(
+        np.std(simclr.class_accuracy.mean(axis=1), ddof=1)
+    )
     assert math.isnan(std.loc[ACCURACY, "supervised"])  # one seed: no std
     assert {p.name for p in paths} == {"table_x_1.0.csv", "table_x_1.0_std.csv", "table_x_1.0.md", "table_x_1.0.tex"}
 
@@ -83,7 +103,9 @@ def test_markdown_writer(tmp_path):
 
 def test_latex_writer(tmp_path):
     means, stds = class_table(three_columns())
-    write_class_table(means, stds, tmp_path, "t", caption="100% labels & class_weight", class_names=["a", "b", "c", "d"])
+    write_class_table(
+        means, stds, tmp_path, "t", caption="100% labels & class_weight", class_names=["a", "b", "c", "d"]
+    )
     text = (tmp_path / "t.tex").read_text()
     assert text.startswith("% needs \\usepackage{booktabs}") and text.rstrip().endswith("\\end{table}")
     assert "\\begin{table}" in text and "resizebox" not in text  # a narrow table is not scaled

@@ -19,9 +19,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
 from conftest import PROJECT_ROOT
+from mlflow import MlflowClient
 
 WRITERS = 8
 STEPS = 25
@@ -37,8 +37,11 @@ def writer(tracking_uri: str, index: int, barrier) -> None:
 
     barrier.wait()  # all at once, including the first use of the store
     tracker = SweepTracker(tracking_uri, "load")
-    run_id = tracker.create_run(f"writer-{index}", {"key": f"writer-{index}", "stage": "finetune"},
-                                {f"param_{j}": str(j * index) for j in range(40)})
+    run_id = tracker.create_run(
+        f"writer-{index}",
+        {"key": f"writer-{index}", "stage": "finetune"},
+        {f"param_{j}": str(j * index) for j in range(40)},
+    )
     for step in range(STEPS):
         tracker.log_metrics(run_id, {name: value(index, step, m) for m, name in enumerate(METRICS)}, step=step)
         tracker.set_tags(run_id, {"last_step": str(step)})
@@ -94,11 +97,21 @@ def free_port() -> int:
 
 def test_eight_processes_log_through_the_tracking_server(tmp_path):
     port = free_port()
-    env = {**os.environ, "MLFLOW_PORT": str(port), "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'server.db'}",
-           "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"), "PYTHON": sys.executable}
+    env = {
+        **os.environ,
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'server.db'}",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
+        "PYTHON": sys.executable,
+    }
     log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(["bash", str(PROJECT_ROOT / "mlflow" / "serve.sh"), "--workers", "1"], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        ["bash", str(PROJECT_ROOT / "mlflow" / "serve.sh"), "--workers", "1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 180
         while True:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 import shutil
 from pathlib import Path
 
@@ -11,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from mlflow import MlflowClient
 
+from mlflow import MlflowClient
 from ssl_hpc.cli import sweep_main
 from ssl_hpc.models.backbones import BackboneRequest, build_backbone
 from ssl_hpc.train.checkpoint import load_checkpoint
@@ -27,8 +26,13 @@ def write_sweep(tmp_path: Path, dataset: dict, **sections) -> Path:
         "output_dir": str(tmp_path / "outputs"),
         "data_root": str(tmp_path / "data"),
         "datasets": {"cxr": dataset},
-        "grid": {"dataset": ["cxr"], "size": [SIZE], "method": ["imagenet"], "backbone": ["resnet18"],
-                 "finetune": ["frozen"]},
+        "grid": {
+            "dataset": ["cxr"],
+            "size": [SIZE],
+            "method": ["imagenet"],
+            "backbone": ["resnet18"],
+            "finetune": ["frozen"],
+        },
         "finetune": {"epochs": 1, "batch_size": 16, "optimizer": "adam", "lr": 1e-3},
         "runtime": {"keep_checkpoints": False},
     }
@@ -64,16 +68,20 @@ def test_run_starts_from_the_given_weights_file_and_names_its_classes(tmp_path, 
                 tensor.add_(torch.randn_like(tensor) * 0.01)  # not what any fresh initialisation gives
     weights = tmp_path / "donor.pt"
     torch.save(donor.state_dict(), weights)
-    sweep = write_sweep(tmp_path, {"root": "covid", "images_subdir": "images", "masks_subdir": "masks"},
-                        model={"pretrained_weights": str(weights)})
+    sweep = write_sweep(
+        tmp_path,
+        {"root": "covid", "images_subdir": "images", "masks_subdir": "masks"},
+        model={"pretrained_weights": str(weights)},
+    )
     assert sweep_main([str(sweep), "--quiet"], project_root=tmp_path) == 0
     client, run = only_run(store)
     assert run.info.status == "FINISHED"
     model = load_checkpoint(client.download_artifacts(run.info.run_id, "model.pt", str(tmp_path / "dl")))
     for name, tensor in donor.state_dict().items():  # frozen: the backbone is still exactly the file's
         assert torch.equal(model[f"backbone.{name}"], tensor), name
-    matrix = pd.read_csv(client.download_artifacts(run.info.run_id, "confusion_matrix.csv", str(tmp_path / "dl")),
-                         index_col=0)
+    matrix = pd.read_csv(
+        client.download_artifacts(run.info.run_id, "confusion_matrix.csv", str(tmp_path / "dl")), index_col=0
+    )
     assert list(matrix.index) == sorted(COVID_CLASSES) and list(matrix.columns) == sorted(COVID_CLASSES)
     assert json.loads(run.data.tags["class_names"]) == sorted(COVID_CLASSES)
     cams = {item.path for item in client.list_artifacts(run.info.run_id, "cam")}
@@ -96,9 +104,14 @@ def test_missing_imagenet_weights_stop_the_sweep_with_instructions(tmp_path, sto
 
 
 def planted_duplicate(tmp_path: Path) -> Path:
-    root = make_split_folders(tmp_path / "data" / "xray", {"train": {"NORMAL": 12, "PNEUMONIA": 12},
-                                                           "val": {"NORMAL": 4, "PNEUMONIA": 4},
-                                                           "test": {"NORMAL": 6, "PNEUMONIA": 6}})
+    root = make_split_folders(
+        tmp_path / "data" / "xray",
+        {
+            "train": {"NORMAL": 12, "PNEUMONIA": 12},
+            "val": {"NORMAL": 4, "PNEUMONIA": 4},
+            "test": {"NORMAL": 6, "PNEUMONIA": 6},
+        },
+    )
     shutil.copy(root / "train" / "NORMAL" / "NORMAL-train-3.jpeg", root / "test" / "NORMAL" / "copy.jpeg")
     return root
 
@@ -111,14 +124,20 @@ def test_leakage_is_logged_in_report_mode(tmp_path, store):
     assert run.info.status == "FINISHED"
     assert run.data.metrics["duplicates_train_test"] == 1
     assert run.data.metrics["duplicates_train_val"] == 0
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "leakage")} >= {"leakage/duplicates.csv",
-                                                                                   "leakage/duplicate_pairs.csv"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "leakage")} >= {
+        "leakage/duplicates.csv",
+        "leakage/duplicate_pairs.csv",
+    }
 
 
 def test_leakage_error_mode_stops_the_run_before_training(tmp_path, store):
     planted_duplicate(tmp_path)
-    sweep = write_sweep(tmp_path, {"root": "xray"}, grid={"method": ["supervised"], "backbone": ["small_cnn"]},
-                        data={"duplicates": "error"})
+    sweep = write_sweep(
+        tmp_path,
+        {"root": "xray"},
+        grid={"method": ["supervised"], "backbone": ["small_cnn"]},
+        data={"duplicates": "error"},
+    )
     assert sweep_main([str(sweep), "--quiet"], project_root=tmp_path) == 1
     client, run = only_run(store)
     assert run.info.status == "FAILED"

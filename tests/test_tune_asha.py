@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from mlflow import MlflowClient
 
 from conftest import PROJECT_ROOT
+from mlflow import MlflowClient
 
 pytestmark = pytest.mark.e2e
 
@@ -19,13 +19,28 @@ TAGS = ("sweep", "key", "stage", "method", "backbone", "dataset", "label_fractio
 def run_tune(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, str(PROJECT_ROOT / "launch" / "tune.py"), *args], cwd=PROJECT_ROOT,
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "launch" / "tune.py"), *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 def test_tune_runs_four_trials_with_asha_each_an_mlflow_run(tmp_path, data_root, tracking_uri):
-    args = ["sweeps/tune_smoke.yaml", "--set", f"output_dir={tmp_path / 'outputs'}", "--set", "finetune.epochs=2",
-            "--set", "tune.scheduler.asha.max_t=2", "--set", "grid.label_fraction=[0.1]"]
+    args = [
+        "sweeps/tune_smoke.yaml",
+        "--set",
+        f"output_dir={tmp_path / 'outputs'}",
+        "--set",
+        "finetune.epochs=2",
+        "--set",
+        "tune.scheduler.asha.max_t=2",
+        "--set",
+        "grid.label_fraction=[0.1]",
+    ]
     result = run_tune(args, {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": tracking_uri})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "tune_smoke: 4 trials" in result.stdout, result.stdout[-2000:]
@@ -65,11 +80,23 @@ def test_trials_stopped_by_the_scheduler_end_killed_and_tagged(tracking_uri):
     tracker.set_tags(ids["failed"], {"error": "Traceback...\nValueError: bad", "error_type": "ValueError"})
     tracker.finish(ids["failed"], "FAILED")
     tracker.finish(ids["finished"], "FINISHED")
-    statuses = finalize_stopped(tracker, {"t0": ("running", False), "t1": ("interrupted", False),
-                                          "t2": ("failed", True), "t3": ("finished", False),
-                                          "t4": ("never_opened", True)})
-    assert statuses == {"running": "KILLED", "interrupted": "KILLED", "failed": "FAILED", "finished": "FINISHED",
-                        "never_opened": "FAILED (no MLflow run)"}  # counted, so launch/tune.py exits non-zero
+    statuses = finalize_stopped(
+        tracker,
+        {
+            "t0": ("running", False),
+            "t1": ("interrupted", False),
+            "t2": ("failed", True),
+            "t3": ("finished", False),
+            "t4": ("never_opened", True),
+        },
+    )
+    assert statuses == {
+        "running": "KILLED",
+        "interrupted": "KILLED",
+        "failed": "FAILED",
+        "finished": "FINISHED",
+        "never_opened": "FAILED (no MLflow run)",
+    }  # counted, so launch/tune.py exits non-zero
     for key in ("running", "interrupted"):
         run = tracker.run_for_key(key)
         assert run.info.status == "KILLED" and run.data.tags["tune_stopped"] == "early"

@@ -63,16 +63,12 @@ def wait_until(what: str, pred, timeout: float = TIMEOUT, every: float = 0.2):
 
 
 def squeue_state(job_id: str) -> str:
-    out = subprocess.run(
-        ["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True
-    ).stdout.strip()
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True).stdout.strip()
     return out
 
 
 def show_job(job_id: str) -> dict:
-    out = subprocess.run(
-        ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
     fields = {}
     for tok in out.split():
         if "=" in tok:
@@ -115,10 +111,16 @@ def main() -> int:
 
     result = job.result()
     log(f"result: {result}")
-    ok = result["count"] == steps and len(result["starts"]) == 2 and result["starts"][1] >= 3 and result["restart_count"] == "1"
+    ok = (
+        result["count"] == steps
+        and len(result["starts"]) == 2
+        and result["starts"][1] >= 3
+        and result["restart_count"] == "1"
+    )
     sacct = subprocess.run(
         ["sacct", "-j", job.job_id, "-D", "-X", "-n", "-P", "--format=JobID,State,Start,End"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     log("sacct -D (duplicates = the requeued run):\n" + sacct)
     if not ok:

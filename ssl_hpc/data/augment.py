@@ -58,8 +58,9 @@ def view_augmentation(
     steps: list[nn.Module] = [
         crop,
         K.RandomHorizontalFlip(),
-        K.ColorJitter(color_jitter, color_jitter, color_jitter if colour else 0.0, color_jitter / 4 if colour else 0.0,
-                      p=0.8),
+        K.ColorJitter(
+            color_jitter, color_jitter, color_jitter if colour else 0.0, color_jitter / 4 if colour else 0.0, p=0.8
+        ),
     ]
     if colour and gray_scale_prob > 0:
         steps.append(K.RandomGrayscale(p=gray_scale_prob))

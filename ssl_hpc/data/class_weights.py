@@ -54,8 +54,10 @@ def critical_weights(rule: str, class_names: Sequence[str]) -> np.ndarray:
     elif target.isdigit() and int(target) < len(class_names):
         index = int(target)
     else:
-        raise ValueError(f"class weight {rule!r}: no class {target!r}; accepted: {', '.join(class_names)} "
-                         f"or an index below {len(class_names)}")
+        raise ValueError(
+            f"class weight {rule!r}: no class {target!r}; accepted: {', '.join(class_names)} "
+            f"or an index below {len(class_names)}"
+        )
     weights = np.ones(len(class_names))
     weights[index] = weight
     return weights
@@ -65,19 +67,24 @@ def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(np.asarray(labels), minlength=num_classes)
 
 
-def class_weights(rule: str, counts: np.ndarray, beta: float = 0.999,
-                  class_names: Sequence[str] | None = None) -> np.ndarray | None:
+def class_weights(
+    rule: str, counts: np.ndarray, beta: float = 0.999, class_names: Sequence[str] | None = None
+) -> np.ndarray | None:
     """Weights per class, or ``None`` for the unweighted loss."""
     if CRITICAL.match(rule):
         return critical_weights(rule, class_names or [str(i) for i in range(len(counts))])
     if rule not in CLASS_WEIGHT_RULES:
-        raise ValueError(f"unknown class weight rule {rule!r}; accepted: {', '.join(CLASS_WEIGHT_RULES)}, "
-                         "or critical:<class>=<weight>")
+        raise ValueError(
+            f"unknown class weight rule {rule!r}; accepted: {', '.join(CLASS_WEIGHT_RULES)}, "
+            "or critical:<class>=<weight>"
+        )
     function = CLASS_WEIGHT_RULES[rule]
     if function is None:
         return None
     counts = np.asarray(counts, dtype=np.float64)
     if np.any(counts <= 0):
         missing = np.flatnonzero(counts <= 0).tolist()
-        raise ValueError(f"class weight rule {rule!r} needs every class in the labelled set; classes {missing} have none")
+        raise ValueError(
+            f"class weight rule {rule!r} needs every class in the labelled set; classes {missing} have none"
+        )
     return function(counts, beta)

@@ -107,7 +107,7 @@ def _gray_batches(images: torch.Tensor, batch_pixels: int):
     per_image = max(1, images[0].numel()) if len(images) else 1
     batch = max(1, batch_pixels // per_image)
     for start in range(0, images.shape[0], batch):
-        chunk = images[start:start + batch].to("cpu", torch.float32)
+        chunk = images[start : start + batch].to("cpu", torch.float32)
         yield start, chunk if chunk.shape[1] == 1 else chunk.mean(dim=1, keepdim=True)
 
 
@@ -142,12 +142,15 @@ def fingerprints(images: torch.Tensor, batch_pixels: int = 1 << 24, mirror: bool
     # Resize to 32 x 32 then keep the 8 x 8 lowest DCT frequencies, or average 2 x 2 blocks into the
     # 16 x 16 thumbnail: each is one linear map per axis, applied as two small matrix products.
     dct = _dct_matrix(DCT_SIZE)[:HASH_SIZE]
-    pool = torch.kron(torch.eye(THUMB_SIZE, dtype=torch.float64),
-                      torch.full((1, DCT_SIZE // THUMB_SIZE), THUMB_SIZE / DCT_SIZE, dtype=torch.float64))
+    pool = torch.kron(
+        torch.eye(THUMB_SIZE, dtype=torch.float64),
+        torch.full((1, DCT_SIZE // THUMB_SIZE), THUMB_SIZE / DCT_SIZE, dtype=torch.float64),
+    )
     rows, columns = _resampling(height, DCT_SIZE).float(), _resampling(width, DCT_SIZE)
     hash_columns, thumb_columns = dct @ columns, (pool @ columns).float()
-    flip_signs = torch.tensor([(-1.0) ** column for _ in range(HASH_SIZE) for column in range(HASH_SIZE)],
-                              dtype=torch.float64)
+    flip_signs = torch.tensor(
+        [(-1.0) ** column for _ in range(HASH_SIZE) for column in range(HASH_SIZE)], dtype=torch.float64
+    )
     for start, gray in _gray_batches(images, batch_pixels):
         stop = start + len(gray)
         resized_rows = rows @ gray[:, 0]  # [B, 32, W]
@@ -171,9 +174,9 @@ def perceptual_hash(images: torch.Tensor, batch_pixels: int = 1 << 24) -> np.nda
 
     Channels are averaged to gray, the image is resized to 32 x 32 (box-filter averaging from larger
     images, bilinear from smaller ones), and bit ``63 - k`` of the hash says whether the ``k``-th of
-    the 8 x 8 lowest 2-D DCT coefficients (row-major, DC included) is above their median. Batches hold about ``batch_pixels`` input
-    values, so a split of 224 px images never needs more than ~100 MB at a time. Half the bits are
-    set (exactly 32 unless coefficients tie), so distances between hashes are almost always even.
+    the 8 x 8 lowest 2-D DCT coefficients (row-major, DC included) is above their median. Batches hold about
+    ``batch_pixels`` input values, so a split of 224 px images never needs more than ~100 MB at a time.
+    Half the bits are set (exactly 32 unless coefficients tie), so distances between hashes are almost always even.
     """
     return fingerprints(images, batch_pixels).hashes
 
@@ -191,8 +194,8 @@ def correlation(a: Fingerprints, i: np.ndarray, b: Fingerprints, j: np.ndarray, 
     """
     out = np.empty(len(i), dtype=np.float32)
     for start in range(0, len(i), block):
-        ii, jj = i[start:start + block], j[start:start + block]
-        out[start:start + block] = np.einsum("nk,nk->n", a.thumbnails[ii], b.thumbnails[jj])
+        ii, jj = i[start : start + block], j[start : start + block]
+        out[start : start + block] = np.einsum("nk,nk->n", a.thumbnails[ii], b.thumbnails[jj])
     flat_a = ~a.thumbnails[i].any(axis=1) if len(i) else np.zeros(0, dtype=bool)
     flat_b = ~b.thumbnails[j].any(axis=1) if len(j) else np.zeros(0, dtype=bool)
     both = flat_a & flat_b
@@ -263,8 +266,9 @@ def _index_pairs(a, b, threshold, budget, block_candidates: int = 1 << 22):
             block_counts = counts[start:stop]
             if block_counts.any():
                 j = np.repeat(np.arange(start, stop, dtype=np.int64), block_counts)
-                offsets = np.arange(len(j), dtype=np.int64) - np.repeat(np.cumsum(block_counts) - block_counts,
-                                                                        block_counts)
+                offsets = np.arange(len(j), dtype=np.int64) - np.repeat(
+                    np.cumsum(block_counts) - block_counts, block_counts
+                )
                 i = order[np.repeat(left[start:stop], block_counts) + offsets].astype(np.int64)
                 keep = hamming(a[i], b[j]) <= threshold
                 found.append(i[keep] * len(b) + j[keep])
@@ -279,7 +283,7 @@ def _brute_pairs(a, b, threshold, block_values: int = 1 << 23):
     rows = max(1, block_values // len(a))
     found_i, found_j = [], []
     for start in range(0, len(b), rows):
-        distance = np.bitwise_count(np.bitwise_xor(b[start:start + rows, None], a[None, :]))
+        distance = np.bitwise_count(np.bitwise_xor(b[start : start + rows, None], a[None, :]))
         j, i = np.nonzero(distance <= threshold)
         found_i.append(i.astype(np.int64))
         found_j.append(j.astype(np.int64) + start)
@@ -357,15 +361,18 @@ class DuplicateReport:
         """One row per split pair (a pandas DataFrame), e.g. for a CSV artifact or a Markdown table."""
         import pandas as pd
 
-        rows = [{
-            "splits": f"{first}-{second}",
-            "pairs": count.pairs,
-            "first_images": count.first_images,
-            "second_images": count.second_images,
-            "second_size": self.sizes.get(second, 0),
-            "label_conflicts": count.label_conflicts,
-            "hash_matches": count.hash_matches,
-        } for (first, second), count in self.counts.items()]
+        rows = [
+            {
+                "splits": f"{first}-{second}",
+                "pairs": count.pairs,
+                "first_images": count.first_images,
+                "second_images": count.second_images,
+                "second_size": self.sizes.get(second, 0),
+                "label_conflicts": count.label_conflicts,
+                "hash_matches": count.hash_matches,
+            }
+            for (first, second), count in self.counts.items()
+        ]
         frame = pd.DataFrame(rows)
         frame.attrs.update(dataset=self.dataset, threshold=self.threshold, min_correlation=self.min_correlation)
         return frame
@@ -375,8 +382,16 @@ class DuplicateReport:
         :func:`ssl_hpc.data.image_folder.image_folder_files` gives) adds the two files."""
         import pandas as pd
 
-        columns = ["first", "first_index", "second", "second_index", "distance", "correlation",
-                   "first_label", "second_label"]
+        columns = [
+            "first",
+            "first_index",
+            "second",
+            "second_index",
+            "distance",
+            "correlation",
+            "first_label",
+            "second_label",
+        ]
         rows = [{name: getattr(pair, name) for name in columns} for pair in self.pairs]
         frame = pd.DataFrame(rows, columns=columns)
         if names is not None:
@@ -409,9 +424,13 @@ def _matching_pairs(first: Fingerprints, variants: list[Fingerprints], threshold
     return (i[first_of_pair], j[first_of_pair], distance[first_of_pair], corr[first_of_pair]), matches
 
 
-def duplicates_between(first: torch.Tensor, second: torch.Tensor, threshold: int = DEFAULT_THRESHOLD,
-                       min_correlation: float = DEFAULT_MIN_CORRELATION, mirrored: bool = True
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def duplicates_between(
+    first: torch.Tensor,
+    second: torch.Tensor,
+    threshold: int = DEFAULT_THRESHOLD,
+    min_correlation: float = DEFAULT_MIN_CORRELATION,
+    mirrored: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Near-duplicate pairs between two uint8 image tensors: ``(i, j, distance, correlation)``.
 
     For sources outside the dataset's splits, e.g. the extra unlabelled images of a pretraining
@@ -423,9 +442,13 @@ def duplicates_between(first: torch.Tensor, second: torch.Tensor, threshold: int
     return pairs
 
 
-def duplicate_report(dataset: LabeledDataset, threshold: int = DEFAULT_THRESHOLD,
-                     min_correlation: float = DEFAULT_MIN_CORRELATION, mirrored: bool = True,
-                     max_pairs: int = MAX_LISTED_PAIRS) -> DuplicateReport:
+def duplicate_report(
+    dataset: LabeledDataset,
+    threshold: int = DEFAULT_THRESHOLD,
+    min_correlation: float = DEFAULT_MIN_CORRELATION,
+    mirrored: bool = True,
+    max_pairs: int = MAX_LISTED_PAIRS,
+) -> DuplicateReport:
     """Near-duplicates between every two splits of ``dataset`` (pairs inside one split are not counted).
 
     A pair is a near-duplicate when its pHashes differ in at most ``threshold`` bits and its 16 x 16
@@ -444,28 +467,54 @@ def duplicate_report(dataset: LabeledDataset, threshold: int = DEFAULT_THRESHOLD
         variants = [prints[second]] + ([flipped[second]] if mirrored else [])
         (i, j, distance, corr), matches = _matching_pairs(prints[first], variants, threshold, min_correlation)
         counts[(first, second)] = SplitPairCount(
-            pairs=len(i), first_images=len(np.unique(i)), second_images=len(np.unique(j)),
-            label_conflicts=int((labels[first][i] != labels[second][j]).sum()), hash_matches=matches,
+            pairs=len(i),
+            first_images=len(np.unique(i)),
+            second_images=len(np.unique(j)),
+            label_conflicts=int((labels[first][i] != labels[second][j]).sum()),
+            hash_matches=matches,
         )
         room = max(0, max_pairs - len(listed))
         truncated |= len(i) > room
         listed.extend(
-            DuplicatePair(first, int(i[k]), second, int(j[k]), int(distance[k]), round(float(corr[k]), 4),
-                          int(labels[first][i[k]]), int(labels[second][j[k]]))
+            DuplicatePair(
+                first,
+                int(i[k]),
+                second,
+                int(j[k]),
+                int(distance[k]),
+                round(float(corr[k]), 4),
+                int(labels[first][i[k]]),
+                int(labels[second][j[k]]),
+            )
             for k in range(min(room, len(i)))
         )
     report = DuplicateReport(
-        dataset=dataset.name, threshold=threshold, min_correlation=min_correlation, counts=counts,
-        pairs=tuple(listed), pairs_truncated=truncated, sizes={name: len(split) for name, split in splits.items()},
+        dataset=dataset.name,
+        threshold=threshold,
+        min_correlation=min_correlation,
+        counts=counts,
+        pairs=tuple(listed),
+        pairs_truncated=truncated,
+        sizes={name: len(split) for name, split in splits.items()},
         seconds=time.perf_counter() - started,
     )
-    log.info("%s: near-duplicates across splits (pHash distance <= %d, correlation >= %.2f): %s [%.1f s]",
-             dataset.name, threshold, min_correlation, report.summary(), report.seconds)
+    log.info(
+        "%s: near-duplicates across splits (pHash distance <= %d, correlation >= %.2f): %s [%.1f s]",
+        dataset.name,
+        threshold,
+        min_correlation,
+        report.summary(),
+        report.seconds,
+    )
     return report
 
 
-def check_leakage(dataset: LabeledDataset, threshold: int = DEFAULT_THRESHOLD, mode: LeakageMode = "report",
-                  min_correlation: float = DEFAULT_MIN_CORRELATION) -> DuplicateReport | None:
+def check_leakage(
+    dataset: LabeledDataset,
+    threshold: int = DEFAULT_THRESHOLD,
+    mode: LeakageMode = "report",
+    min_correlation: float = DEFAULT_MIN_CORRELATION,
+) -> DuplicateReport | None:
     """The leakage guard, to run before training (before any model is built).
 
     ``off``: nothing is computed, returns ``None``. ``report``: returns the report (log

@@ -55,7 +55,7 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -152,8 +152,9 @@ class ImageFolderSpec(BaseModel):
     @model_validator(mode="after")
     def _masks(self) -> ImageFolderSpec:
         if self.masks_subdir is not None and self.mask_root is not None:
-            raise ValueError("give masks_subdir (masks inside each class folder) or mask_root (a separate tree), "
-                             "not both")
+            raise ValueError(
+                "give masks_subdir (masks inside each class folder) or mask_root (a separate tree), not both"
+            )
         if self.mask_suffix and not self.has_masks:
             raise ValueError("mask_suffix needs masks_subdir or mask_root")
         if self.masks_subdir is not None and self.masks_subdir == self.images_subdir:
@@ -204,8 +205,13 @@ class FolderIndex:
     def digest(self, spec: ImageFolderSpec, size: int) -> str:
         """What the decoded tensors depend on: every file's path, label, size and mtime, and the settings."""
         hasher = hashlib.sha256()
-        settings = {"format": FORMAT, "size": size, "channels": spec.channels, "resize": spec.resize,
-                    "classes": list(self.class_names)}
+        settings = {
+            "format": FORMAT,
+            "size": size,
+            "channels": spec.channels,
+            "resize": spec.resize,
+            "classes": list(self.class_names),
+        }
         hasher.update(json.dumps(settings, sort_keys=True).encode())
         for split in SPLITS:
             hasher.update(f"\0{split}\0".encode())
@@ -248,9 +254,7 @@ def _class_images(class_dir: Path, spec: ImageFolderSpec) -> list[FileEntry]:
         subfolders = [d for d in _visible_dirs(folder) if d != spec.masks_subdir]
         if subfolders and not spec.images_subdir:
             hint = f"; it has subfolders {subfolders}: set images_subdir (e.g. images_subdir: {subfolders[0]})"
-        raise DatasetFolderError(
-            f"empty class folder {folder}: no image files ({', '.join(spec.extensions)}){hint}"
-        )
+        raise DatasetFolderError(f"empty class folder {folder}: no image files ({', '.join(spec.extensions)}){hint}")
     return files
 
 
@@ -272,8 +276,9 @@ def _class_names(folder: Path, spec: ImageFolderSpec) -> tuple[str, ...]:
     return names
 
 
-def index_image_folder(spec: ImageFolderSpec, data_root: Path | None = None,
-                       cache_dir: Path | None = None) -> FolderIndex:
+def index_image_folder(
+    spec: ImageFolderSpec, data_root: Path | None = None, cache_dir: Path | None = None
+) -> FolderIndex:
     """Lists the dataset's files, split and paired with masks, without decoding anything.
 
     Makes (once) and saves the split file when the layout has no split folders, or when
@@ -281,12 +286,16 @@ def index_image_folder(spec: ImageFolderSpec, data_root: Path | None = None,
     """
     root = spec.resolve(spec.root, data_root)
     if not root.is_dir():
-        raise DatasetFolderError(f"dataset folder {root} does not exist (root: {spec.root!r}; a relative root is "
-                                 "resolved against the data root: the sweep's data_root, else MEDMNIST_ROOT)")
+        raise DatasetFolderError(
+            f"dataset folder {root} does not exist (root: {spec.root!r}; a relative root is "
+            "resolved against the data root: the sweep's data_root, else MEDMNIST_ROOT)"
+        )
     layout = _detect_layout(root, spec)
     if layout == "class_folders" and spec.val_from_train is not None:
-        raise DatasetFolderError(f"{root} has no {spec.split_folders[0]}/ and {spec.split_folders[2]}/ folders, so "
-                                 "val_from_train does not apply: the split comes from split_fractions")
+        raise DatasetFolderError(
+            f"{root} has no {spec.split_folders[0]}/ and {spec.split_folders[2]}/ folders, so "
+            "val_from_train does not apply: the split comes from split_fractions"
+        )
     if layout == "split_folders":
         pools, class_names = _split_folder_pools(root, spec)
     else:
@@ -321,19 +330,23 @@ def _split_folder_pools(root: Path, spec: ImageFolderSpec):
     class_names = _class_names(root / train, spec)
     present = {split: folder for split, folder in zip(SPLITS, spec.split_folders) if (root / folder).is_dir()}
     if "val" not in present and spec.val_from_train is None:
-        raise DatasetFolderError(f"{root} has {train}/ and {test}/ but no {val}/ folder: add it, or set "
-                                 "val_from_train (e.g. 0.1) to carve a validation split out of the train images")
+        raise DatasetFolderError(
+            f"{root} has {train}/ and {test}/ but no {val}/ folder: add it, or set "
+            "val_from_train (e.g. 0.1) to carve a validation split out of the train images"
+        )
     pools: dict[str, dict[str, list[FileEntry]]] = {}
     for split, folder in present.items():
         missing = [name for name in class_names if not (root / folder / name).is_dir()]
         if missing:
-            raise DatasetFolderError(f"split folder {root / folder} has no folder for class(es) {missing} "
-                                     f"(classes: {list(class_names)})")
+            raise DatasetFolderError(
+                f"split folder {root / folder} has no folder for class(es) {missing} (classes: {list(class_names)})"
+            )
         if spec.classes is None:
             extra = [name for name in _visible_dirs(root / folder) if name not in class_names]
             if extra:
-                raise DatasetFolderError(f"split folder {root / folder} has class folder(s) {extra} that "
-                                         f"{root / train} does not have")
+                raise DatasetFolderError(
+                    f"split folder {root / folder} has class folder(s) {extra} that {root / train} does not have"
+                )
         pools[split] = {name: _class_images(root / folder / name, spec) for name in class_names}
     if spec.val_from_train is not None and "val" in pools:
         # The val folder's images join the train pool; the validation split is carved from the union.
@@ -355,9 +368,15 @@ def _split_parameters(spec: ImageFolderSpec, layout: str, class_names: tuple[str
         fractions = {"val_from_train": spec.val_from_train}
     else:
         fractions = {"split_fractions": list(spec.split_fractions)}
-    return {"layout": layout, "seed": spec.split_seed, **fractions, "classes": list(class_names),
-            "images_subdir": spec.images_subdir, "split_folders": list(spec.split_folders),
-            "extensions": list(spec.extensions)}
+    return {
+        "layout": layout,
+        "seed": spec.split_seed,
+        **fractions,
+        "classes": list(class_names),
+        "images_subdir": spec.images_subdir,
+        "split_folders": list(spec.split_folders),
+        "extensions": list(spec.extensions),
+    }
 
 
 def split_file_name(parameters: dict) -> str:
@@ -385,11 +404,12 @@ def stratified_split(pool: dict[str, list[str]], parameters: dict) -> dict[str, 
         n_test = int(np.floor(len(members) * shares["test"] + 0.5))
         n_val = int(np.floor(len(members) * shares["val"] + 0.5))
         if len(members) - n_test - n_val < 1:
-            raise DatasetFolderError(f"class {name!r} has only {len(members)} images, too few to split into "
-                                     f"train/val/test with {shares}")
+            raise DatasetFolderError(
+                f"class {name!r} has only {len(members)} images, too few to split into train/val/test with {shares}"
+            )
         result["test"] += ranked[:n_test]
-        result["val"] += ranked[n_test:n_test + n_val]
-        result["train"] += ranked[n_test + n_val:]
+        result["val"] += ranked[n_test : n_test + n_val]
+        result["train"] += ranked[n_test + n_val :]
     if parameters["layout"] == "split_folders":
         del result["test"]
     return {split: sorted(files) for split, files in result.items()}
@@ -406,8 +426,13 @@ def _load_or_make_split(root, pool, parameters, spec, data_root, cache_dir):
             _check_split_matches(candidate, splits, relative_pool)
             return candidate, splits
     splits = stratified_split(relative_pool, parameters)
-    payload = {"format": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "parameters": parameters, "counts": {s: len(f) for s, f in splits.items()}, "splits": splits}
+    payload = {
+        "format": 1,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "parameters": parameters,
+        "counts": {s: len(f) for s, f in splits.items()},
+        "splits": splits,
+    }
     text = json.dumps(payload, indent=1)
     path = root / name
     if _writable(root):
@@ -415,14 +440,23 @@ def _load_or_make_split(root, pool, parameters, spec, data_root, cache_dir):
     else:
         path = fallback
         written = _write_once(path, text)
-        log.warning("dataset folder %s is read-only: the split is saved in %s instead (copy it next to the data to "
-                    "share it with other machines)", root, path)
+        log.warning(
+            "dataset folder %s is read-only: the split is saved in %s instead (copy it next to the data to "
+            "share it with other machines)",
+            root,
+            path,
+        )
     if not written:  # another process saved it first: use theirs
         splits = _read_split(path, parameters)
         _check_split_matches(path, splits, relative_pool)
     else:
-        log.info("%s: made the %s split (%s) and saved it in %s", root, parameters["layout"],
-                 ", ".join(f"{s} {len(f)}" for s, f in splits.items()), path)
+        log.info(
+            "%s: made the %s split (%s) and saved it in %s",
+            root,
+            parameters["layout"],
+            ", ".join(f"{s} {len(f)}" for s, f in splits.items()),
+            path,
+        )
     return path, splits
 
 
@@ -431,11 +465,14 @@ def _read_split(path: Path, parameters: dict) -> dict[str, list[str]]:
         payload = json.loads(path.read_text())
         splits = payload["splits"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DatasetFolderError(f"split file {path} is unreadable ({error}); delete it to make a new split "
-                                 "(this changes the test set)") from None
+        raise DatasetFolderError(
+            f"split file {path} is unreadable ({error}); delete it to make a new split (this changes the test set)"
+        ) from None
     if payload.get("parameters") != parameters:
-        raise DatasetFolderError(f"split file {path} was made with parameters {payload.get('parameters')}, not "
-                                 f"{parameters}; delete it to make a new split (this changes the test set)")
+        raise DatasetFolderError(
+            f"split file {path} was made with parameters {payload.get('parameters')}, not "
+            f"{parameters}; delete it to make a new split (this changes the test set)"
+        )
     return splits
 
 
@@ -519,8 +556,10 @@ def _pair_masks(root, spec, pools, entries, data_root) -> dict[str, list[FileEnt
         for image in images:
             stem = image.path.stem
             if stem in stems:
-                raise DatasetFolderError(f"images {stems[stem].path.name} and {image.path.name} in {folder} share "
-                                         "a name, so they cannot be paired with masks by file name")
+                raise DatasetFolderError(
+                    f"images {stems[stem].path.name} and {image.path.name} in {folder} share "
+                    "a name, so they cannot be paired with masks by file name"
+                )
             stems[stem] = image
         masks = {}
         for mask in _image_files(mask_dir, spec.extensions):
@@ -533,13 +572,16 @@ def _pair_masks(root, spec, pools, entries, data_root) -> dict[str, list[FileEnt
                 expected = f"{stem}.*" if stem is not None else f"(a name ending in {spec.mask_suffix!r})"
                 raise DatasetFolderError(f"mask {mask.path} has no image: expected {expected} in {folder}")
             if stem in masks:
-                raise DatasetFolderError(f"image {stems[stem].path} has two masks: {masks[stem].path.name} and "
-                                         f"{mask.path.name} in {mask_dir}")
+                raise DatasetFolderError(
+                    f"image {stems[stem].path} has two masks: {masks[stem].path.name} and "
+                    f"{mask.path.name} in {mask_dir}"
+                )
             masks[stem] = mask
         for stem, image in stems.items():
             if stem not in masks:
-                raise DatasetFolderError(f"image {image.path} has no mask: expected {stem}{spec.mask_suffix}.* in "
-                                         f"{mask_dir}")
+                raise DatasetFolderError(
+                    f"image {image.path} has no mask: expected {stem}{spec.mask_suffix}.* in {mask_dir}"
+                )
             by_image[image.path] = masks[stem]
     return {split: [by_image[e.path] for e in entries[split]] for split in SPLITS}
 
@@ -583,8 +625,7 @@ def _decode(path: Path, size: int, channels: int, resize: str, mask: bool = Fals
     return values[None] if values.ndim == 2 else values.transpose(2, 0, 1)
 
 
-def _decode_all(paths: list[Path], size: int, channels: int, resize: str, mask: bool,
-                workers: int) -> torch.Tensor:
+def _decode_all(paths: list[Path], size: int, channels: int, resize: str, mask: bool, workers: int) -> torch.Tensor:
     out_channels = 1 if mask else channels
     out = np.empty((len(paths), out_channels, size, size), dtype=np.uint8)
 
@@ -622,8 +663,14 @@ def _cache_path(cache_dir: Path, name: str, size: int, digest: str) -> Path:
     return cache_dir / f"{safe}-{size}px-{digest}.pt"
 
 
-def load_image_folder(name: str, spec: ImageFolderSpec, size: int, cache_dir: Path | None = None,
-                      data_root: Path | None = None, workers: int | None = None) -> LabeledDataset:
+def load_image_folder(
+    name: str,
+    spec: ImageFolderSpec,
+    size: int,
+    cache_dir: Path | None = None,
+    data_root: Path | None = None,
+    workers: int | None = None,
+) -> LabeledDataset:
     """The image folder as a :class:`LabeledDataset` of uint8 ``[N, C, size, size]`` tensors.
 
     ``class_names`` are the class folders' names (in ``spec.classes`` order if given, else sorted);
@@ -644,8 +691,14 @@ def load_image_folder(name: str, spec: ImageFolderSpec, size: int, cache_dir: Pa
             save_atomic(payload, path)
         except OSError as error:
             log.warning("%s: could not cache the decoded images in %s (%s)", name, path, error)
-        log.info("%s: decoded %d images from %s in %.1f s (cached in %s)", name,
-                 sum(len(f) for f in index.files.values()), index.root, time.perf_counter() - started, path)
+        log.info(
+            "%s: decoded %d images from %s in %.1f s (cached in %s)",
+            name,
+            sum(len(f) for f in index.files.values()),
+            index.root,
+            time.perf_counter() - started,
+            path,
+        )
     else:
         log.info("%s: loaded from the cache %s in %.2f s", name, path, time.perf_counter() - started)
     splits = {split: ImageSplit(payload["images"][split], payload["labels"][split]) for split in SPLITS}
@@ -670,8 +723,13 @@ def _read_cache(path: Path) -> dict | None:
 
 def _decode_index(index: FolderIndex, spec: ImageFolderSpec, size: int, workers: int | None) -> dict:
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    payload: dict = {"format": FORMAT, "class_names": list(index.class_names), "files": index.files,
-                     "images": {}, "labels": {}}
+    payload: dict = {
+        "format": FORMAT,
+        "class_names": list(index.class_names),
+        "files": index.files,
+        "images": {},
+        "labels": {},
+    }
     for split in SPLITS:
         paths = [entry.path for entry in index.entries[split]]
         payload["images"][split] = _decode_all(paths, size, spec.channels, spec.resize, False, workers)
@@ -684,9 +742,9 @@ def _decode_index(index: FolderIndex, spec: ImageFolderSpec, size: int, workers:
     return payload
 
 
-def image_folder_files(spec: ImageFolderSpec, data_root: Path | None = None,
-                       cache_dir: Path | None = None) -> dict[str, list[str]]:
+def image_folder_files(
+    spec: ImageFolderSpec, data_root: Path | None = None, cache_dir: Path | None = None
+) -> dict[str, list[str]]:
     """Split -> the file (relative to the root) of each example, in the loaded order (to name the
     files of :meth:`ssl_hpc.data.duplicates.DuplicateReport.pairs_table`)."""
     return index_image_folder(spec, data_root, cache_dir).files
-

@@ -9,8 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from ssl_hpc.data.duplicates import DEFAULT_MIN_CORRELATION, DEFAULT_THRESHOLD, DuplicateReport, LeakageError, \
-    LeakageMode, duplicate_report
+from ssl_hpc.data.duplicates import (
+    DEFAULT_MIN_CORRELATION,
+    DEFAULT_THRESHOLD,
+    DuplicateReport,
+    LeakageError,
+    LeakageMode,
+    duplicate_report,
+)
 from ssl_hpc.data.image_folder import ImageFolderSpec, index_image_folder, load_image_folder
 from ssl_hpc.data.medmnist import ensure_medmnist_file, load_medmnist
 from ssl_hpc.data.splits import LabeledDataset
@@ -23,8 +29,9 @@ class DatasetCache:
     image folders are cached (default ``<data_root>/.ssl_hpc_cache``, or ``~/.cache/ssl_hpc``).
     """
 
-    def __init__(self, data_root: Path, datasets: Mapping[str, ImageFolderSpec] | None = None,
-                 cache_dir: Path | None = None):
+    def __init__(
+        self, data_root: Path, datasets: Mapping[str, ImageFolderSpec] | None = None, cache_dir: Path | None = None
+    ):
         self.data_root = data_root
         self.datasets = dict(datasets or {})
         self.cache_dir = cache_dir
@@ -41,8 +48,15 @@ class DatasetCache:
                 self._loaded[key] = load_medmnist(name, size, self.data_root, download=download)
         return self._loaded[key]
 
-    def leakage(self, name: str, size: int, mode: LeakageMode = "report", threshold: int = DEFAULT_THRESHOLD,
-                min_correlation: float = DEFAULT_MIN_CORRELATION, download: bool = True) -> DuplicateReport | None:
+    def leakage(
+        self,
+        name: str,
+        size: int,
+        mode: LeakageMode = "report",
+        threshold: int = DEFAULT_THRESHOLD,
+        min_correlation: float = DEFAULT_MIN_CORRELATION,
+        download: bool = True,
+    ) -> DuplicateReport | None:
         """The leakage guard on ``get(name, size)``, computed once per process (see
         :func:`ssl_hpc.data.duplicates.check_leakage`): ``None`` when ``mode`` is ``off``; raises
         :class:`~ssl_hpc.data.duplicates.LeakageError` in ``error`` mode when there are duplicates.
@@ -67,8 +81,14 @@ class DatasetCache:
         return index_image_folder(spec, self.data_root, self.cache_dir).files
 
 
-def ensure_dataset(name: str, size: int, data_root: Path, datasets: Mapping[str, ImageFolderSpec] | None = None,
-                   download: bool = True, cache_dir: Path | None = None) -> None:
+def ensure_dataset(
+    name: str,
+    size: int,
+    data_root: Path,
+    datasets: Mapping[str, ImageFolderSpec] | None = None,
+    download: bool = True,
+    cache_dir: Path | None = None,
+) -> None:
     """Checks a dataset is there before anything is submitted (on the login node).
 
     MedMNIST: the file is present (downloaded if allowed). Image folder: the layout, classes and

@@ -74,7 +74,9 @@ def load_medmnist(name: str, size: int = 28, root: Path | None = None, download:
     root = root if root is not None else default_data_root()
     path = ensure_medmnist_file(name, size, root, download)
     with np.load(path) as arrays:
-        splits = {split: _as_split(arrays[f"{split}_images"], arrays[f"{split}_labels"]) for split in ("train", "val", "test")}
+        splits = {
+            split: _as_split(arrays[f"{split}_images"], arrays[f"{split}_labels"]) for split in ("train", "val", "test")
+        }
     labels = INFO[name]["label"]
     class_names = tuple(labels[str(i)] for i in range(len(labels)))
     return LabeledDataset(name=name, class_names=class_names, **splits)

@@ -66,8 +66,9 @@ class LabeledDataset:
                 raise ValueError(f"masks for unknown split {split!r}; accepted: train, val, test")
             expected = (len(images), 1, *images.images.shape[-2:])
             if mask.dtype not in (torch.uint8, torch.bool) or tuple(mask.shape) != expected:
-                raise ValueError(f"{split} masks must be uint8/bool {list(expected)}, got {mask.dtype} "
-                                 f"{list(mask.shape)}")
+                raise ValueError(
+                    f"{split} masks must be uint8/bool {list(expected)}, got {mask.dtype} {list(mask.shape)}"
+                )
 
     @property
     def num_classes(self) -> int:

@@ -17,12 +17,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ssl_hpc.evaluate.plots import draw_confusion_matrix  # noqa: E402
-
 
 _MODE_STYLES = {"end_to_end": "-", "frozen": "--", "partial": "-.", "knn": ":"}
 _HATCHES = {"--": "//", "-.": "..", ":": "xx"}
@@ -42,8 +41,9 @@ def line_styles(names: Sequence[str]) -> dict[str, tuple]:
 
 
 def _legend_outside(axes, count: int) -> None:
-    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
-                ncol=1 if count <= 18 else 2)
+    axes.legend(
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncol=1 if count <= 18 else 2
+    )
 
 
 def _save(figure, path: Path) -> Path:
@@ -54,8 +54,13 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def plot_class_bars(means: pd.DataFrame, path: Path, class_names: Sequence[str] | None = None, title: str = "",
-                    stds: pd.DataFrame | None = None) -> Path:
+def plot_class_bars(
+    means: pd.DataFrame,
+    path: Path,
+    class_names: Sequence[str] | None = None,
+    title: str = "",
+    stds: pd.DataFrame | None = None,
+) -> Path:
     """``means``: rows ``class_<i>`` (percent), one column per model."""
     classes = list(means.index)
     models = list(means.columns)
@@ -68,11 +73,21 @@ def plot_class_bars(means: pd.DataFrame, path: Path, class_names: Sequence[str] 
         if errors is not None and np.all(np.isnan(errors)):
             errors = None
         colour, style = styles[model]
-        axes.bar(positions + (index - (len(models) - 1) / 2) * width, means[model].to_numpy(dtype=float), width,
-                 yerr=errors, label=model, color=colour, capsize=2 if errors is not None else 0,
-                 hatch=_HATCHES.get(style, ""), edgecolor="white", linewidth=0.5)
-    labels = [f"{row}\n{class_names[i]}" if class_names and i < len(class_names) else row
-              for i, row in enumerate(classes)]
+        axes.bar(
+            positions + (index - (len(models) - 1) / 2) * width,
+            means[model].to_numpy(dtype=float),
+            width,
+            yerr=errors,
+            label=model,
+            color=colour,
+            capsize=2 if errors is not None else 0,
+            hatch=_HATCHES.get(style, ""),
+            edgecolor="white",
+            linewidth=0.5,
+        )
+    labels = [
+        f"{row}\n{class_names[i]}" if class_names and i < len(class_names) else row for i, row in enumerate(classes)
+    ]
     many = len(classes) > 4
     axes.set_xticks(positions, labels=labels, rotation=30 if many else 0, ha="right" if many else "center", fontsize=8)
     axes.set_ylabel("accuracy (%)")
@@ -82,8 +97,12 @@ def plot_class_bars(means: pd.DataFrame, path: Path, class_names: Sequence[str] 
     return _save(figure, path)
 
 
-def plot_val_curves(curves: Mapping[str, Sequence[tuple[Sequence[int], Sequence[float]]]], path: Path,
-                    title: str = "", metric: str = "val_acc") -> Path:
+def plot_val_curves(
+    curves: Mapping[str, Sequence[tuple[Sequence[int], Sequence[float]]]],
+    path: Path,
+    title: str = "",
+    metric: str = "val_acc",
+) -> Path:
     """``curves``: model -> one (epochs, values) per seed; the line is the mean over seeds."""
     figure, axes = plt.subplots(figsize=(8.5, 4.2))
     styles = line_styles(list(curves))
@@ -94,8 +113,9 @@ def plot_val_curves(curves: Mapping[str, Sequence[tuple[Sequence[int], Sequence[
             continue
         frame = pd.concat(series, axis=1).sort_index()
         mean = frame.mean(axis=1)
-        axes.plot(mean.index, 100 * mean.to_numpy(), marker="o", markersize=3, label=model, color=colour,
-                  linestyle=style)
+        axes.plot(
+            mean.index, 100 * mean.to_numpy(), marker="o", markersize=3, label=model, color=colour, linestyle=style
+        )
         if frame.shape[1] > 1:
             std = frame.std(axis=1, ddof=1).fillna(0)
             axes.fill_between(mean.index, 100 * (mean - std), 100 * (mean + std), alpha=0.15, color=colour)
@@ -107,15 +127,16 @@ def plot_val_curves(curves: Mapping[str, Sequence[tuple[Sequence[int], Sequence[
     return _save(figure, path)
 
 
-def plot_confusion_grid(matrices: Mapping[str, np.ndarray], class_names: Sequence[str], path: Path,
-                        title: str = "") -> Path:
+def plot_confusion_grid(
+    matrices: Mapping[str, np.ndarray], class_names: Sequence[str], path: Path, title: str = ""
+) -> Path:
     """One panel per model, up to four per row."""
     names = list(matrices)
     columns = min(4, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / columns))
     side = max(3.2, 0.35 * len(class_names) + 1.8)
     figure, axes = plt.subplots(rows, columns, figsize=(side * columns, side * rows), squeeze=False)
-    for axis in axes.flat[len(names):]:
+    for axis in axes.flat[len(names) :]:
         axis.axis("off")
     for axis, name in zip(axes.flat, names):
         draw_confusion_matrix(axis, matrices[name], class_names, name, compact=len(class_names) > 6)
@@ -124,8 +145,12 @@ def plot_confusion_grid(matrices: Mapping[str, np.ndarray], class_names: Sequenc
     return _save(figure, path)
 
 
-def plot_accuracy_vs_labels(lines: Mapping[str, Sequence[tuple[float, str, float, float]]], path: Path,
-                            title: str = "", ylabel: str = "accuracy (%)") -> Path:
+def plot_accuracy_vs_labels(
+    lines: Mapping[str, Sequence[tuple[float, str, float, float]]],
+    path: Path,
+    title: str = "",
+    ylabel: str = "accuracy (%)",
+) -> Path:
     """``lines``: model -> points (number of labels, budget label, mean, std); x on a log scale."""
     figure, axes = plt.subplots(figsize=(8.5, 4.2))
     styles = line_styles(list(lines))

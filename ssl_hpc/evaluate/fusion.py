@@ -170,8 +170,9 @@ def _score(labels: np.ndarray, predictions: np.ndarray, metric: str, num_classes
     raise ValueError(f"unknown greedy metric {metric!r}; accepted: {', '.join(GREEDY_METRICS)}")
 
 
-def greedy_weights(val_probs: Sequence[np.ndarray], val_labels: np.ndarray, metric: str = "accuracy",
-                   rounds: int = 10) -> np.ndarray:
+def greedy_weights(
+    val_probs: Sequence[np.ndarray], val_labels: np.ndarray, metric: str = "accuracy", rounds: int = 10
+) -> np.ndarray:
     """Selection counts per member (forward selection with replacement on validation; see module doc)."""
     stacked = _stack(val_probs)
     members, _, classes = stacked.shape
@@ -180,8 +181,10 @@ def greedy_weights(val_probs: Sequence[np.ndarray], val_labels: np.ndarray, metr
     total = np.zeros(stacked.shape[1:], dtype=np.float64)
     best = -np.inf
     for _ in range(rounds):
-        scores = [_score(val_labels, ((total + stacked[m]) / (counts.sum() + 1)).argmax(axis=1), metric, classes)
-                  for m in range(members)]
+        scores = [
+            _score(val_labels, ((total + stacked[m]) / (counts.sum() + 1)).argmax(axis=1), metric, classes)
+            for m in range(members)
+        ]
         choice = int(np.argmax(scores))  # ties -> first member
         if counts.sum() > 0 and not scores[choice] > best:
             break
@@ -225,8 +228,14 @@ class Member:
     val: PredictionSet | None = None
 
 
-def fuse(rule: str, members: Sequence[Member], *, greedy_metric: str = "accuracy", greedy_rounds: int = 10,
-         stacking_c: float = 1.0) -> FusionResult:
+def fuse(
+    rule: str,
+    members: Sequence[Member],
+    *,
+    greedy_metric: str = "accuracy",
+    greedy_rounds: int = 10,
+    stacking_c: float = 1.0,
+) -> FusionResult:
     """Fuses the members' test predictions with ``rule``.
 
     Refuses (:class:`FusionMismatchError`) members whose test (or, for fitted rules, validation)
@@ -251,15 +260,17 @@ def fuse(rule: str, members: Sequence[Member], *, greedy_metric: str = "accuracy
 
     missing = [member.name for member in members if member.val is None]
     if missing:
-        raise FusionMismatchError(f"rule {rule!r} needs validation predictions (val_probs.npz); missing for "
-                                  f"{', '.join(missing)}")
+        raise FusionMismatchError(
+            f"rule {rule!r} needs validation predictions (val_probs.npz); missing for {', '.join(missing)}"
+        )
     vals = [member.val for member in members]  # type: ignore[misc]
     check_aligned(vals, names, "validation")
     val_probs, val_labels = [v.probs for v in vals], vals[0].labels
     if rule == "stacking":
         model = fit_stacking(val_probs, val_labels, test_probs[0].shape[1], c=stacking_c)
-        return FusionResult(apply_stacking(model, test_probs),
-                            {"coef": model.coef_.copy(), "intercept": model.intercept_.copy()})
+        return FusionResult(
+            apply_stacking(model, test_probs), {"coef": model.coef_.copy(), "intercept": model.intercept_.copy()}
+        )
     counts = greedy_weights(val_probs, val_labels, metric=greedy_metric, rounds=greedy_rounds)
     weights = counts / counts.sum()
     fused = np.tensordot(weights, _stack(test_probs), axes=1)

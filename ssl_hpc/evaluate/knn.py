@@ -18,8 +18,10 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
     """L2-normalised features of uint8 ``images`` through ``encoder`` (in eval mode)."""
     was_training = encoder.training
     encoder.eval()
-    features = [encoder(to_unit_float(images[start : start + batch_size])).float()
-                for start in range(0, len(images), batch_size)]
+    features = [
+        encoder(to_unit_float(images[start : start + batch_size])).float()
+        for start in range(0, len(images), batch_size)
+    ]
     encoder.train(was_training)
     return F.normalize(torch.cat(features), dim=1)
 

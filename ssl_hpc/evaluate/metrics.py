@@ -9,7 +9,13 @@ moyenne", i.e. balanced accuracy (the mean of per-class recalls).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 
 def medmnist_auc(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -46,12 +52,14 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, prefix: str = 
         f"{prefix}acc": float((predictions == labels).mean()),
         f"{prefix}balanced_acc": float(np.nanmean(class_accuracy)),
         f"{prefix}auc": medmnist_auc(labels, probs),
-        f"{prefix}f1_macro": float(f1_score(labels, predictions, labels=np.arange(num_classes), average="macro",
-                                            zero_division=0)),
+        f"{prefix}f1_macro": float(
+            f1_score(labels, predictions, labels=np.arange(num_classes), average="macro", zero_division=0)
+        ),
         f"{prefix}kappa": float(cohen_kappa_score(labels, predictions, labels=np.arange(num_classes))),
     }
-    precision, recall, f1, _ = precision_recall_fscore_support(labels, predictions, labels=np.arange(num_classes),
-                                                               zero_division=0)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, predictions, labels=np.arange(num_classes), zero_division=0
+    )
     for index, value in enumerate(class_accuracy):
         metrics[f"{prefix}acc_class_{index}"] = float(value)  # = recall; named as the thesis's tables
         metrics[f"{prefix}precision_class_{index}"] = float(precision[index])

@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def draw_confusion_matrix(axes, matrix: np.ndarray, class_names: Sequence[str], title: str = "",
-                          compact: bool = False) -> None:
+def draw_confusion_matrix(
+    axes, matrix: np.ndarray, class_names: Sequence[str], title: str = "", compact: bool = False
+) -> None:
     """One confusion matrix on ``axes``: colours are row shares, each cell shows its count (and its
     row share unless ``compact``, for panels of a grid with many classes)."""
     matrix = np.asarray(matrix)
@@ -42,7 +43,9 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     return path
 
 
-def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = "", best_epoch: int | None = None) -> Path:
+def plot_curves(
+    history: Sequence[dict[str, float]], path: Path, title: str = "", best_epoch: int | None = None
+) -> Path:
     epochs = [int(entry["epoch"]) for entry in history]
     losses = [name for name in ("train_loss", "val_loss") if any(name in entry for entry in history)]
     scores = [name for name in ("val_acc", "val_balanced_acc") if any(name in entry for entry in history)]

@@ -44,8 +44,9 @@ def resample_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return np.bincount(flat, minlength=n_resamples * n).reshape(n_resamples, n).astype(np.float64)
 
 
-def weighted_scores(labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray, score: str,
-                    num_classes: int | None = None) -> np.ndarray:
+def weighted_scores(
+    labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray, score: str, num_classes: int | None = None
+) -> np.ndarray:
     """Score of each seed's predictions under each row of example weights: ``[B, S]``.
 
     ``weights`` of ones gives the plain score. ``mean_class_accuracy`` averages the recall of the
@@ -77,8 +78,16 @@ def score(labels, predictions, score: str = "accuracy", num_classes: int | None 
     return float(weighted_scores(labels, predictions, np.ones((1, n)), score, num_classes).mean())
 
 
-def bootstrap_ci(labels, predictions, score: str = "accuracy", n_resamples: int = 1000, confidence: float = 0.95,
-                 seed: int = 0, num_classes: int | None = None, weights: np.ndarray | None = None) -> tuple[float, float]:
+def bootstrap_ci(
+    labels,
+    predictions,
+    score: str = "accuracy",
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    num_classes: int | None = None,
+    weights: np.ndarray | None = None,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the seed-averaged score, resampling test examples.
 
     ``weights`` (from :func:`resample_weights`) can be passed to reuse the same resamples for
@@ -134,9 +143,17 @@ class PairedBootstrap:
     p_value: float
 
 
-def paired_bootstrap(labels, predictions_reference, predictions_model, score: str = "accuracy",
-                     n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
-                     num_classes: int | None = None, weights: np.ndarray | None = None) -> PairedBootstrap:
+def paired_bootstrap(
+    labels,
+    predictions_reference,
+    predictions_model,
+    score: str = "accuracy",
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    num_classes: int | None = None,
+    weights: np.ndarray | None = None,
+) -> PairedBootstrap:
     """Bootstrap of ``score(model) - score(reference)`` with the same resampled examples for both.
 
     Two-sided p-value: ``min(1, 2 * min(P*(d <= 0), P*(d >= 0)))`` with the add-one correction
@@ -144,12 +161,15 @@ def paired_bootstrap(labels, predictions_reference, predictions_model, score: st
     """
     n = len(np.asarray(labels))
     reference, model = _as_seeds(predictions_reference), _as_seeds(predictions_model)
-    observed = (weighted_scores(labels, model, np.ones((1, n)), score, num_classes).mean()
-                - weighted_scores(labels, reference, np.ones((1, n)), score, num_classes).mean())
+    observed = (
+        weighted_scores(labels, model, np.ones((1, n)), score, num_classes).mean()
+        - weighted_scores(labels, reference, np.ones((1, n)), score, num_classes).mean()
+    )
     if weights is None:
         weights = resample_weights(n, n_resamples, seed)
-    differences = (weighted_scores(labels, model, weights, score, num_classes).mean(axis=1)
-                   - weighted_scores(labels, reference, weights, score, num_classes).mean(axis=1))
+    differences = weighted_scores(labels, model, weights, score, num_classes).mean(axis=1) - weighted_scores(
+        labels, reference, weights, score, num_classes
+    ).mean(axis=1)
     differences = differences[~np.isnan(differences)]
     alpha = (1.0 - confidence) / 2
     low, high = np.quantile(differences, [alpha, 1.0 - alpha])

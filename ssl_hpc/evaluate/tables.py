@@ -43,15 +43,21 @@ class Column:
     kind: str = "model"  # reference | model | fusion
 
     @classmethod
-    def from_values(cls, name: str, class_accuracy: Sequence[float] | np.ndarray,
-                    accuracy: float | Sequence[float] = math.nan, kind: str = "model") -> Column:
+    def from_values(
+        cls,
+        name: str,
+        class_accuracy: Sequence[float] | np.ndarray,
+        accuracy: float | Sequence[float] = math.nan,
+        kind: str = "model",
+    ) -> Column:
         classes = np.atleast_2d(np.asarray(class_accuracy, dtype=np.float64))
         overall = np.atleast_1d(np.asarray(accuracy, dtype=np.float64))
         if overall.size == 1 and classes.shape[0] > 1:
             overall = np.full(classes.shape[0], overall.item())
         if overall.shape[0] != classes.shape[0]:
-            raise ValueError(f"column {name!r}: {classes.shape[0]} seeds of class accuracies but "
-                             f"{overall.shape[0]} accuracies")
+            raise ValueError(
+                f"column {name!r}: {classes.shape[0]} seeds of class accuracies but {overall.shape[0]} accuracies"
+            )
         return cls(name, classes, overall, kind)
 
     @property
@@ -64,8 +70,7 @@ class Column:
 
     def mean_class_accuracy_per_seed(self) -> np.ndarray:
         with np.errstate(invalid="ignore"):
-            return np.array([np.nanmean(row) if not np.all(np.isnan(row)) else np.nan
-                             for row in self.class_accuracy])
+            return np.array([np.nanmean(row) if not np.all(np.isnan(row)) else np.nan for row in self.class_accuracy])
 
 
 def mean_class_accuracy(class_accuracies: Sequence[float]) -> float:
@@ -127,8 +132,9 @@ def format_cell(mean: float, std: float = math.nan, decimals: int = 2, plus_minu
     return text
 
 
-def display_frame(means: pd.DataFrame, stds: pd.DataFrame | None = None, decimals: int = 2,
-                  plus_minus: str = "±") -> pd.DataFrame:
+def display_frame(
+    means: pd.DataFrame, stds: pd.DataFrame | None = None, decimals: int = 2, plus_minus: str = "±"
+) -> pd.DataFrame:
     """Strings "mean ± std" (or "mean" with one seed) for the Markdown and LaTeX versions."""
     shown = pd.DataFrame(index=means.index, columns=means.columns, dtype=object)
     for row in means.index:
@@ -163,8 +169,18 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -175,17 +191,27 @@ def latex(frame: pd.DataFrame, caption: str = "", label: str = "", index_label: 
     """A booktabs ``table`` of ``frame`` (cells as ``str``; "±" becomes ``$\\pm$``)."""
     columns = [str(c) for c in frame.columns]
     spec = ("l" if index_label is not None else "") + "".join(
-        "r" if all(_NUMERIC.match(_text(v)) for v in frame[c].tolist()) else "l" for c in frame.columns)
+        "r" if all(_NUMERIC.match(_text(v)) for v in frame[c].tolist()) else "l" for c in frame.columns
+    )
     header = ([index_label] if index_label is not None else []) + columns
     wide = len(header) > 7  # scaled to the text width (needs \usepackage{graphicx})
-    lines = ["% needs \\usepackage{booktabs}" + (" and \\usepackage{graphicx}" if wide else ""),
-             r"\begin{table}[ht]", r"\centering", r"\small"]
+    lines = [
+        "% needs \\usepackage{booktabs}" + (" and \\usepackage{graphicx}" if wide else ""),
+        r"\begin{table}[ht]",
+        r"\centering",
+        r"\small",
+    ]
     lines += [r"\resizebox{\linewidth}{!}{%"] if wide else []
-    lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(latex_escape(h) for h in header) + r" \\",
-              r"\midrule"]
+    lines += [
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in header) + r" \\",
+        r"\midrule",
+    ]
     for label_value, row in frame.iterrows():
         cells = ([latex_escape(label_value)] if index_label is not None else []) + [
-            latex_escape(_text(v)).replace("±", r"$\pm$").replace("–", "--").replace("<", "$<$") for v in row.tolist()]
+            latex_escape(_text(v)).replace("±", r"$\pm$").replace("–", "--").replace("<", "$<$") for v in row.tolist()
+        ]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}" + ("}" if wide else "")]
     if caption:
@@ -196,8 +222,14 @@ def latex(frame: pd.DataFrame, caption: str = "", label: str = "", index_label: 
     return "\n".join(lines) + "\n"
 
 
-def write_class_table(means: pd.DataFrame, stds: pd.DataFrame, folder: Path, stem: str, caption: str = "",
-                      class_names: Sequence[str] | None = None) -> list[Path]:
+def write_class_table(
+    means: pd.DataFrame,
+    stds: pd.DataFrame,
+    folder: Path,
+    stem: str,
+    caption: str = "",
+    class_names: Sequence[str] | None = None,
+) -> list[Path]:
     """``<stem>.csv`` (means, first column ``row``), ``<stem>_std.csv``, ``<stem>.md`` and ``<stem>.tex``.
 
     The Markdown and LaTeX versions show "mean ± std" and the class names beside ``class_<i>``.
@@ -220,8 +252,9 @@ def read_class_table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, index_col=ROW)
 
 
-def write_frame(frame: pd.DataFrame, folder: Path, stem: str, shown: pd.DataFrame | None = None,
-                caption: str = "") -> list[Path]:
+def write_frame(
+    frame: pd.DataFrame, folder: Path, stem: str, shown: pd.DataFrame | None = None, caption: str = ""
+) -> list[Path]:
     """A flat table (no meaningful index): CSV of the numbers, Markdown and LaTeX of ``shown`` (or of it)."""
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / f"{stem}.csv"

@@ -12,11 +12,20 @@ import importlib
 
 _EXPORTS = {
     "CamSettings": "settings",
-    "CAM_METHODS": "cams", "CamTarget": "cams", "compute_cams": "cams", "resolve_target": "cams",
-    "faithfulness_scores": "faithfulness", "topk_binary_maps": "faithfulness",
-    "class_grid_figure": "figures", "compare_models_figure": "figures", "confidence_histograms": "figures",
-    "boxes_to_masks": "localization", "energy_inside": "localization",
-    "localization_scores": "localization", "magtr": "localization", "mangtr": "localization",
+    "CAM_METHODS": "cams",
+    "CamTarget": "cams",
+    "compute_cams": "cams",
+    "resolve_target": "cams",
+    "faithfulness_scores": "faithfulness",
+    "topk_binary_maps": "faithfulness",
+    "class_grid_figure": "figures",
+    "compare_models_figure": "figures",
+    "confidence_histograms": "figures",
+    "boxes_to_masks": "localization",
+    "energy_inside": "localization",
+    "localization_scores": "localization",
+    "magtr": "localization",
+    "mangtr": "localization",
     "explain_classifier": "run",
 }
 

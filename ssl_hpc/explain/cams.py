@@ -79,8 +79,7 @@ def default_layer_name(model: nn.Module) -> str:
     return f"backbone.body.{model.backbone.info.cam_layer}"
 
 
-def resolve_target(model: nn.Module, sample: torch.Tensor, override: str | None = None,
-                   min_grid: int = 1) -> CamTarget:
+def resolve_target(model: nn.Module, sample: torch.Tensor, override: str | None = None, min_grid: int = 1) -> CamTarget:
     """The target layer of ``model`` (a Classifier) and the grid of its maps, found by running ``sample``.
 
     ``override`` (a module path inside the classifier) wins as it is. Otherwise the backbone's
@@ -101,8 +100,10 @@ def resolve_target(model: nn.Module, sample: torch.Tensor, override: str | None 
             modules[name] = model.get_submodule(name)
         except AttributeError:
             if name == override:
-                raise ValueError(f"cam.target_layer {override!r} is not a module of the classifier; e.g. "
-                                 f"{default_layer_name(model)!r}") from None
+                raise ValueError(
+                    f"cam.target_layer {override!r} is not a module of the classifier; e.g. "
+                    f"{default_layer_name(model)!r}"
+                ) from None
             raise
     shapes = _output_shapes(model, modules, sample)
     grids = {name: _grid(shapes[name], info) for name in names if name in shapes}
@@ -114,19 +115,32 @@ def resolve_target(model: nn.Module, sample: torch.Tensor, override: str | None 
         fine_enough = [name for name in names[1:] if name in grids and min(grids[name]) >= min_grid]
         if fine_enough:
             chosen = fine_enough[0]
-            log.warning("CAM layer %s gives %dx%d maps (< cam.min_cam_grid=%d); using %s (%dx%d) instead",
-                        first, *grids[first], min_grid, chosen, *grids[chosen])
-    return CamTarget(chosen, modules[chosen], grids[chosen], len(shapes[chosen]) == 3,
-                     fell_back_from=first if chosen != first else None)
+            log.warning(
+                "CAM layer %s gives %dx%d maps (< cam.min_cam_grid=%d); using %s (%dx%d) instead",
+                first,
+                *grids[first],
+                min_grid,
+                chosen,
+                *grids[chosen],
+            )
+    return CamTarget(
+        chosen,
+        modules[chosen],
+        grids[chosen],
+        len(shapes[chosen]) == 3,
+        fell_back_from=first if chosen != first else None,
+    )
 
 
 def _output_shapes(model: nn.Module, modules: dict[str, nn.Module], sample: torch.Tensor) -> dict[str, tuple]:
     shapes: dict[str, tuple] = {}
     handles = []
     for name, module in modules.items():
+
         def hook(_module, _inputs, output, name=name):
             if isinstance(output, torch.Tensor):
                 shapes.setdefault(name, tuple(output.shape))
+
         handles.append(module.register_forward_hook(hook))
     was_training = model.training
     try:
@@ -176,8 +190,9 @@ def build_cam(method: str, model: nn.Module, target: CamTarget, prefix_tokens: i
     cls = CAM_METHODS[method]
     if cls is AblationCAM:
         layer = AblationLayerVit() if target.tokens else AblationLayer()
-        return AblationCAM(model, [target.module], reshape_transform=reshape, ablation_layer=layer,
-                           batch_size=batch_size)
+        return AblationCAM(
+            model, [target.module], reshape_transform=reshape, ablation_layer=layer, batch_size=batch_size
+        )
     cam = cls(model, [target.module], reshape_transform=reshape)
     if cls is ScoreCAM:
         cam.batch_size = batch_size  # read by ScoreCAM.get_cam_weights

@@ -76,8 +76,10 @@ class FastNoisyLinearImputer(NoisyLinearImputer):
             a_cols.append(variable[neighbour[~is_known]])
             a_vals.append(np.full(int((~is_known).sum()), weight))
         a_vals.insert(0, -weight_sum)
-        system = coo_matrix((np.concatenate(a_vals), (np.concatenate(a_rows), np.concatenate(a_cols))),
-                            shape=(len(unknown), len(unknown)))
+        system = coo_matrix(
+            (np.concatenate(a_vals), (np.concatenate(a_rows), np.concatenate(a_cols))),
+            shape=(len(unknown), len(unknown)),
+        )
         return system.tocsc(), rhs
 
     def __call__(self, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

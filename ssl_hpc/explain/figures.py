@@ -21,9 +21,9 @@ import numpy as np  # noqa: E402
 from pytorch_grad_cam.utils.image import show_cam_on_image  # noqa: E402
 
 DPI = 100
-GAP = 4           # px between panels
-LABEL_BAND = 30   # px of text above each row
-HEADER = 46       # px for the two-line title and the column names
+GAP = 4  # px between panels
+LABEL_BAND = 30  # px of text above each row
+HEADER = 46  # px for the two-line title and the column names
 GREEN, RED, GREY = "#1a7f37", "#c62828", "#333333"
 
 
@@ -42,8 +42,9 @@ def to_display_rgb(image: np.ndarray, size: int) -> np.ndarray:
 def overlay(image: np.ndarray, cam: np.ndarray, size: int, image_weight: float = 0.5) -> np.ndarray:
     """The map (``[H, W]`` in [0, 1]) upsampled bilinearly over the upsampled image, as float RGB in [0, 1]."""
     rgb = to_display_rgb(image, size)
-    heat = cv2.resize(np.clip(np.asarray(cam, dtype=np.float32), 0.0, 1.0), (size, size),
-                      interpolation=cv2.INTER_LINEAR)
+    heat = cv2.resize(
+        np.clip(np.asarray(cam, dtype=np.float32), 0.0, 1.0), (size, size), interpolation=cv2.INTER_LINEAR
+    )
     return show_cam_on_image(rgb, heat, use_rgb=True, image_weight=image_weight).astype(np.float32) / 255.0
 
 
@@ -52,8 +53,9 @@ def _short(name: str, limit: int = 22) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
-def _mosaic(rows: list[tuple[str, str, list[np.ndarray]]], headers: Sequence[str], title: str, size: int,
-            path: Path) -> Path:
+def _mosaic(
+    rows: list[tuple[str, str, list[np.ndarray]]], headers: Sequence[str], title: str, size: int, path: Path
+) -> Path:
     """Rows of equally sized RGB panels, each row under its own label, drawn as one image."""
     columns = max(len(headers), 1)
     width = max(columns * (size + GAP) + GAP, 260)
@@ -72,12 +74,12 @@ def _mosaic(rows: list[tuple[str, str, list[np.ndarray]]], headers: Sequence[str
     axis.axis("off")
     axis.text(GAP, 4, title, fontsize=7.5, va="top", ha="left", color=GREY, wrap=True)
     for column, header in enumerate(headers):
-        axis.text(GAP + column * (size + GAP) + size / 2, HEADER - 3, header, fontsize=7, va="bottom",
-                  ha="center", color=GREY)
+        axis.text(
+            GAP + column * (size + GAP) + size / 2, HEADER - 3, header, fontsize=7, va="bottom", ha="center", color=GREY
+        )
     for row, (label, colour, _) in enumerate(rows):
         top = HEADER + row * (LABEL_BAND + size + GAP)
-        axis.text(GAP, top + LABEL_BAND - 2, label, fontsize=6.5, va="bottom", ha="left", color=colour,
-                  linespacing=1.1)
+        axis.text(GAP, top + LABEL_BAND - 2, label, fontsize=6.5, va="bottom", ha="left", color=colour, linespacing=1.1)
     if not rows:
         axis.text(width / 2, HEADER + 20, "no test images", fontsize=8, ha="center", color=GREY)
     return _save(figure, path)
@@ -102,13 +104,17 @@ def class_grid_figure(
     rows = []
     for row in range(len(images)):
         ok = row < correct_count
-        label = (f"{'correct' if ok else 'WRONG'}  true: {_short(class_names[int(labels[row])])}\n"
-                 f"pred: {_short(class_names[int(preds[row])])} ({float(confidences[row]):.2f})")
+        label = (
+            f"{'correct' if ok else 'WRONG'}  true: {_short(class_names[int(labels[row])])}\n"
+            f"pred: {_short(class_names[int(preds[row])])} ({float(confidences[row]):.2f})"
+        )
         panels = [to_display_rgb(images[row], display_size)]
         panels += [overlay(images[row], maps_by_method[method][row], display_size) for method in methods]
         rows.append((label, GREEN if ok else RED, panels))
-    title = (f"true class {class_index}: {_short(class_names[class_index], 40)}\n"
-             f"{correct_count} correct, {len(images) - correct_count} misclassified")
+    title = (
+        f"true class {class_index}: {_short(class_names[class_index], 40)}\n"
+        f"{correct_count} correct, {len(images) - correct_count} misclassified"
+    )
     return _mosaic(rows, ["image", *methods], title, display_size, path)
 
 
@@ -133,17 +139,26 @@ def compare_models_figure(
     for row in range(len(images)):
         label = f"true: {_short(class_names[int(labels[row])])}"
         if preds_by_model:
-            label += "\n" + "  ".join(f"{_short(name, 12)}: {_short(class_names[int(preds_by_model[name][row])], 12)}"
-                                      for name in models if name in preds_by_model)
+            label += "\n" + "  ".join(
+                f"{_short(name, 12)}: {_short(class_names[int(preds_by_model[name][row])], 12)}"
+                for name in models
+                if name in preds_by_model
+            )
         panels = [to_display_rgb(images[row], display_size)]
         panels += [overlay(images[row], maps_by_model[name][row], display_size) for name in models]
         rows.append((label, GREY, panels))
-    return _mosaic(rows, ["image", *[_short(name, 18) for name in models]], "the same test images across models",
-                   display_size, path)
+    return _mosaic(
+        rows,
+        ["image", *[_short(name, 18) for name in models]],
+        "the same test images across models",
+        display_size,
+        path,
+    )
 
 
-def confidence_histograms(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: Path,
-                          bins: int = 20) -> Path:
+def confidence_histograms(
+    probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: Path, bins: int = 20
+) -> Path:
     """Per true class, the histogram of the model's confidence (its top probability), correct and
     misclassified predictions stacked -- the pulmonary report's confidence histograms."""
     probs, labels = np.asarray(probs), np.asarray(labels)
@@ -152,8 +167,9 @@ def confidence_histograms(probs: np.ndarray, labels: np.ndarray, class_names: Se
     columns = min(4, count)
     rows = int(np.ceil(count / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.3 * rows + 0.4), squeeze=False, dpi=DPI)
-    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.16 / rows, top=1 - 0.32 / (rows + 0.4), hspace=0.55,
-                           wspace=0.3)
+    figure.subplots_adjust(
+        left=0.08, right=0.98, bottom=0.16 / rows, top=1 - 0.32 / (rows + 0.4), hspace=0.55, wspace=0.3
+    )
     edges = np.linspace(0.0, 1.0, bins + 1)
     for index in range(rows * columns):
         axis = axes.flat[index]

@@ -60,8 +60,10 @@ def mangtr(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
 def localization_scores(maps: np.ndarray, masks: np.ndarray) -> dict[str, float]:
     """Means over the images that have a defined score: ``energy_inside``, ``magtr``, ``mangtr``."""
     scores = {"energy_inside": energy_inside(maps, masks), "magtr": magtr(maps, masks), "mangtr": mangtr(maps, masks)}
-    return {name: float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-            for name, values in scores.items()}
+    return {
+        name: float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+        for name, values in scores.items()
+    }
 
 
 def boxes_to_masks(boxes: Sequence[Sequence[float]] | np.ndarray, height: int, width: int) -> np.ndarray:
@@ -79,4 +81,3 @@ def boxes_to_masks(boxes: Sequence[Sequence[float]] | np.ndarray, height: int, w
         right, bottom = min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1)))
         masks[index, top:bottom, left:right] = True
     return masks
-

@@ -38,8 +38,9 @@ def score_indices(count: int, max_images: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size=max_images, replace=False))
 
 
-def figure_indices(labels: np.ndarray, preds: np.ndarray, confidence: np.ndarray, per_class: int,
-                   num_classes: int, seed: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def figure_indices(
+    labels: np.ndarray, preds: np.ndarray, confidence: np.ndarray, per_class: int, num_classes: int, seed: int
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per true class: up to ``per_class`` correctly classified images (a seeded random draw) and up to
     ``per_class`` misclassified ones (the most confident mistakes: the ones worth looking at)."""
     rng = np.random.default_rng(seed)
@@ -89,8 +90,11 @@ def explain_classifier(
     if len(test) == 0:
         return {}, paths
 
-    scored = score_indices(len(test), settings.max_images, settings.seed) if (
-        settings.faithfulness or region is not None) else np.zeros(0, dtype=np.int64)
+    scored = (
+        score_indices(len(test), settings.max_images, settings.seed)
+        if (settings.faithfulness or region is not None)
+        else np.zeros(0, dtype=np.int64)
+    )
     per_class = figure_indices(labels, preds, confidence, settings.images_per_class, len(class_names), settings.seed)
     shown = np.concatenate([np.concatenate(pair) for pair in per_class.values()]).astype(np.int64)
     needed = np.unique(np.concatenate([scored, shown]).astype(np.int64))
@@ -99,9 +103,17 @@ def explain_classifier(
     images = to_unit_float(test.images[torch.as_tensor(needed, device=test.images.device)].to(device))
     target = resolve_target(model, images[:1], settings.target_layer, settings.min_cam_grid)
     summary: dict = {
-        "target_layer": target.name, "grid": list(target.grid), "fell_back_from": target.fell_back_from,
-        "methods": list(settings.methods), "test_images": len(test), "score_images": len(scored),
-        "figure_images": len(shown), "score_indices": scored.tolist(), "figure_indices": shown.tolist(), "images_processed": {}, "seconds": {},
+        "target_layer": target.name,
+        "grid": list(target.grid),
+        "fell_back_from": target.fell_back_from,
+        "methods": list(settings.methods),
+        "test_images": len(test),
+        "score_images": len(scored),
+        "figure_images": len(shown),
+        "score_indices": scored.tolist(),
+        "figure_indices": shown.tolist(),
+        "images_processed": {},
+        "seconds": {},
     }
 
     metrics: dict[str, float] = {}
@@ -110,8 +122,16 @@ def explain_classifier(
         slug = metric_slug(method)
         processed = [0]
         started = time.perf_counter()
-        maps = compute_cams(model, images, method, target, preds[needed], settings.batch_size,
-                            settings.scorecam_batch_size, on_batch=lambda n: processed.__setitem__(0, processed[0] + n))
+        maps = compute_cams(
+            model,
+            images,
+            method,
+            target,
+            preds[needed],
+            settings.batch_size,
+            settings.scorecam_batch_size,
+            on_batch=lambda n, counter=processed: counter.__setitem__(0, counter[0] + n),
+        )
         cam_seconds = time.perf_counter() - started
         maps_by_method[method] = maps
         summary["images_processed"][method] = processed[0]
@@ -119,9 +139,16 @@ def explain_classifier(
         rows = np.array([position[int(i)] for i in scored], dtype=np.int64)
         started = time.perf_counter()
         if settings.faithfulness and len(rows):
-            scores = faithfulness_scores(model, images[torch.as_tensor(rows, device=images.device)], maps[rows],
-                                         preds[scored], settings.road_percentiles, settings.topk_percent,
-                                         settings.batch_size, settings.seed)
+            scores = faithfulness_scores(
+                model,
+                images[torch.as_tensor(rows, device=images.device)],
+                maps[rows],
+                preds[scored],
+                settings.road_percentiles,
+                settings.topk_percent,
+                settings.batch_size,
+                settings.seed,
+            )
             metrics.update({f"cam_{slug}_{name}": value for name, value in scores.items()})
         if region is not None and len(rows):
             scores = localization_scores(maps[rows], region[scored])
@@ -132,12 +159,20 @@ def explain_classifier(
         for index, (right, wrong) in per_class.items():
             chosen = np.concatenate([right, wrong]).astype(np.int64)
             rows = np.array([position[int(i)] for i in chosen], dtype=np.int64)
-            paths.append(class_grid_figure(
-                test.images[torch.as_tensor(chosen, device=test.images.device)].cpu().numpy(),
-                {method: maps[rows] for method, maps in maps_by_method.items()},
-                labels[chosen], preds[chosen], confidence[chosen], len(right), class_names, index,
-                out_dir / f"cam_class{index}_{_file_slug(class_names[index])}.png", settings.display_size,
-            ))
+            paths.append(
+                class_grid_figure(
+                    test.images[torch.as_tensor(chosen, device=test.images.device)].cpu().numpy(),
+                    {method: maps[rows] for method, maps in maps_by_method.items()},
+                    labels[chosen],
+                    preds[chosen],
+                    confidence[chosen],
+                    len(right),
+                    class_names,
+                    index,
+                    out_dir / f"cam_class{index}_{_file_slug(class_names[index])}.png",
+                    settings.display_size,
+                )
+            )
 
     summary["metrics"] = metrics
     summary_path = out_dir / SUMMARY
@@ -152,8 +187,10 @@ def _check_masks(masks: torch.Tensor | np.ndarray, test: ImageSplit) -> np.ndarr
         array = array[:, 0]
     expected = (len(test), *test.images.shape[-2:])
     if array.shape != expected:
-        raise ValueError(f"masks have shape {masks.shape}; expected {expected} (or with a channel axis of 1), "
-                         "aligned with the test split")
+        raise ValueError(
+            f"masks have shape {masks.shape}; expected {expected} (or with a channel axis of 1), "
+            "aligned with the test split"
+        )
     return array != 0
 
 

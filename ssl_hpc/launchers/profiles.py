@@ -24,8 +24,10 @@ def profile_path(name: str, project_root: Path) -> Path:
         path = Path(name).expanduser()
         return path if path.is_absolute() else (Path.cwd() / path)
     if not PROFILE_NAME.match(name):
-        raise ConfigError(f"slurm.profile: {name!r} is not a profile name; "
-                          f"accepted: {', '.join(available_profiles(project_root)) or '(none found)'} or a path")
+        raise ConfigError(
+            f"slurm.profile: {name!r} is not a profile name; "
+            f"accepted: {', '.join(available_profiles(project_root)) or '(none found)'} or a path"
+        )
     return Path(project_root) / PROFILE_DIR / f"{name}.yaml"
 
 
@@ -33,8 +35,10 @@ def load_profile(name: str, project_root: Path, overrides: dict[str, Any] | None
     """Reads and validates a profile; raises :class:`ConfigError` naming the file and the field."""
     path = profile_path(name, project_root)
     if not path.is_file():
-        raise ConfigError(f"slurm.profile: no profile {name!r} ({path}); "
-                          f"accepted: {', '.join(available_profiles(project_root)) or '(none found)'} or a path")
+        raise ConfigError(
+            f"slurm.profile: no profile {name!r} ({path}); "
+            f"accepted: {', '.join(available_profiles(project_root)) or '(none found)'} or a path"
+        )
     raw = merge_sections(read_yaml(path), overrides or {})
     return validate_model(SlurmProfile, raw, source=str(path))
 

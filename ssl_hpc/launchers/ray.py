@@ -79,8 +79,14 @@ def ray_session(settings: RaySettings, project_root: Path, context: RunContext) 
         if settings.address:
             ray.init(address=settings.address, runtime_env=runtime_env, log_to_driver=True)
         else:
-            ray.init(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, include_dashboard=False,
-                     _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=True)
+            ray.init(
+                num_cpus=settings.num_cpus,
+                num_gpus=settings.num_gpus,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                runtime_env=runtime_env,
+                log_to_driver=True,
+            )
     except ConnectionError as error:
         raise ConfigError(f"ray.address: cannot connect to a Ray cluster at {settings.address!r} ({error})") from None
     try:
@@ -94,8 +100,12 @@ def run_ray(jobs: list[Job], context: RunContext, settings: RaySettings, project
     import ray
 
     with ray_session(settings, project_root, context):
-        task = ray.remote(num_cpus=settings.cpus_per_job, num_gpus=settings.gpus_per_job,
-                          max_retries=settings.max_retries, retry_exceptions=False)(ray_task)
+        task = ray.remote(
+            num_cpus=settings.cpus_per_job,
+            num_gpus=settings.gpus_per_job,
+            max_retries=settings.max_retries,
+            retry_exceptions=False,
+        )(ray_task)
         refs: dict[str, ray.ObjectRef] = {}
         for job in order_jobs(jobs):
             dependencies = [refs[key] for key in job.depends_on if key in refs]

@@ -21,8 +21,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SBATCH_LINE = re.compile(r"^(?:#SBATCH\s+)?--(?P<key>[a-z][a-z0-9-]*)(?:[= ](?P<value>.+))?$")
 # Options the backend sets itself (arrays, dependencies, logs): a profile may not override them.
-MANAGED_SBATCH = {"array", "dependency", "output", "error", "job-name", "open-mode", "signal", "wrap", "parsable",
-                  "kill-on-invalid-dep", "requeue", "no-requeue"}
+MANAGED_SBATCH = {
+    "array",
+    "dependency",
+    "output",
+    "error",
+    "job-name",
+    "open-mode",
+    "signal",
+    "wrap",
+    "parsable",
+    "kill-on-invalid-dep",
+    "requeue",
+    "no-requeue",
+}
 
 
 # Slurm names (partitions, accounts, QoS, constraint expressions): they end up on #SBATCH lines of a
@@ -88,9 +100,11 @@ class SlurmProfile(_Strict):
     @model_validator(mode="after")
     def _signal_before_the_limit(self) -> SlurmProfile:
         if self.signal_delay_s >= self.time_min * 60:
-            raise ValueError(f"signal_delay_s ({self.signal_delay_s} s) must be shorter than time_min "
-                             f"({self.time_min} min = {self.time_min * 60} s): the job would be told to requeue "
-                             "as it starts")
+            raise ValueError(
+                f"signal_delay_s ({self.signal_delay_s} s) must be shorter than time_min "
+                f"({self.time_min} min = {self.time_min * 60} s): the job would be told to requeue "
+                "as it starts"
+            )
         return self
 
     @field_validator("partition", "account", "qos", "constraint")
@@ -102,8 +116,9 @@ class SlurmProfile(_Strict):
     @classmethod
     def _interpreter(cls, value: str | None) -> str | None:
         if value is not None and (not value.strip() or any(ord(c) < 32 for c in value)):
-            raise ValueError(f"{value!r} is not an interpreter path; give a path or command name without control "
-                             "characters")
+            raise ValueError(
+                f"{value!r} is not an interpreter path; give a path or command name without control characters"
+            )
         return value
 
     @field_validator("extra_sbatch")
@@ -112,7 +127,9 @@ class SlurmProfile(_Strict):
         for value in values:
             match = _SBATCH_LINE.match(value.strip())
             if match is None:
-                raise ValueError(f"{value!r} is not an sbatch option; write it as '--name=value' or '#SBATCH --name=value'")
+                raise ValueError(
+                    f"{value!r} is not an sbatch option; write it as '--name=value' or '#SBATCH --name=value'"
+                )
             if match["key"] in MANAGED_SBATCH:
                 raise ValueError(f"--{match['key']} is set by the backend itself; accepted: any other sbatch option")
         return values
@@ -139,8 +156,9 @@ class SlurmSettings(BaseModel):
         extra = dict(self.model_extra or {})
         unknown = sorted(set(extra) - set(SlurmProfile.model_fields))
         if unknown:
-            raise ValueError(f"unknown field slurm.{unknown[0]}; accepted: profile, "
-                             f"{', '.join(SlurmProfile.model_fields)}")
+            raise ValueError(
+                f"unknown field slurm.{unknown[0]}; accepted: profile, {', '.join(SlurmProfile.model_fields)}"
+            )
         try:
             SlurmProfile(**extra)
         except ValidationError as error:

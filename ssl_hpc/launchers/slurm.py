@@ -60,13 +60,36 @@ RECORDS = "submissions.jsonl"
 LOGS = "logs"
 AGGREGATE_KEY = "aggregate"
 # States in which a job still holds a place in the queue (it will run, or runs).
-ALIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING", "SUSPENDED",
-         "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD", "SPECIAL_EXIT", "POWER_UP_NODE"}
+ALIVE = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "RESV_DEL_HOLD",
+    "SPECIAL_EXIT",
+    "POWER_UP_NODE",
+}
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED"}
 # sacct's terminal states, as --status reports them.
-REASONS = {"OUT_OF_MEMORY": "OOM", "TIMEOUT": "TIMEOUT", "PREEMPTED": "PREEMPTED", "NODE_FAIL": "NODE_FAIL",
-           "BOOT_FAIL": "BOOT_FAIL", "DEADLINE": "DEADLINE", "FAILED": "FAILED", "CANCELLED": "CANCELLED",
-           "REVOKED": "REVOKED"}
+REASONS = {
+    "OUT_OF_MEMORY": "OOM",
+    "TIMEOUT": "TIMEOUT",
+    "PREEMPTED": "PREEMPTED",
+    "NODE_FAIL": "NODE_FAIL",
+    "BOOT_FAIL": "BOOT_FAIL",
+    "DEADLINE": "DEADLINE",
+    "FAILED": "FAILED",
+    "CANCELLED": "CANCELLED",
+    "REVOKED": "REVOKED",
+}
 BUSY_WAIT_S = 90.0
 BUSY_POLL_S = 3.0
 
@@ -132,8 +155,7 @@ class SlurmTask(submitit.helpers.Checkpointable):
     """
 
     def __call__(self, jobs: Sequence[Job], context: RunContext, cpus: int = 1) -> dict[str, str]:
-        context = replace(context, extra_tags={**context.extra_tags, **slurm_tags(),
-                                               "slurm_pack_size": str(len(jobs))})
+        context = replace(context, extra_tags={**context.extra_tags, **slurm_tags(), "slurm_pack_size": str(len(jobs))})
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         log.info("slurm job %s: %s", context.extra_tags["slurm_job_id"], ", ".join(job.key for job in jobs))
         if len(jobs) == 1:
@@ -326,8 +348,7 @@ def squeue(job_ids: Iterable[str] | None = None, user: str | None = None) -> dic
     except SlurmError as error:
         # Asked for one job id that slurmctld has already purged (MinJobAge), squeue fails instead of listing
         # nothing: that job is simply no longer queued.
-        if job_ids is not None and len(args[args.index("-j") + 1].split(",")) == 1 and \
-                "Invalid job id" in str(error):
+        if job_ids is not None and len(args[args.index("-j") + 1].split(",")) == 1 and "Invalid job id" in str(error):
             return {}
         raise
     for line in out.splitlines():
@@ -335,8 +356,9 @@ def squeue(job_ids: Iterable[str] | None = None, user: str | None = None) -> dic
         if len(parts) < 2:
             continue
         for job_id in expand_job_id(parts[0]):
-            entries[job_id] = QueueEntry(job_id, parts[1], parts[2] if len(parts) > 2 else "",
-                                         parts[3] if len(parts) > 3 else "")
+            entries[job_id] = QueueEntry(
+                job_id, parts[1], parts[2] if len(parts) > 2 else "", parts[3] if len(parts) > 3 else ""
+            )
     return entries
 
 
@@ -345,8 +367,9 @@ def sacct(job_ids: Iterable[str]) -> dict[str, AccountingEntry]:
     ids = base_ids(job_ids)
     if not ids:
         return {}
-    out = _command(["sacct", "-X", "-n", "-P", "-j", ",".join(ids),
-                    "--format=JobID,State,ExitCode,Reason,NodeList,Start,End"])
+    out = _command(
+        ["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "--format=JobID,State,ExitCode,Reason,NodeList,Start,End"]
+    )
     return parse_sacct(out)
 
 
@@ -357,8 +380,9 @@ def parse_sacct(out: str) -> dict[str, AccountingEntry]:
         if len(parts) < 7 or "." in parts[0]:
             continue
         for job_id in expand_job_id(parts[0]):
-            entries[job_id] = AccountingEntry(job_id, parts[1].split()[0] if parts[1] else "", parts[2], parts[3],
-                                              parts[4], parts[5], parts[6])
+            entries[job_id] = AccountingEntry(
+                job_id, parts[1].split()[0] if parts[1] else "", parts[2], parts[3], parts[4], parts[5], parts[6]
+            )
     return entries
 
 
@@ -422,8 +446,11 @@ def slurm_statuses(jobs: list[Job], tracker: SweepTracker | None, output_root: P
     except SlurmError as error:
         log.warning("squeue: %s", error)
         queue, squeue_answered = {}, False
-    unfinished = [record.job_id for key, record in submitted.items()
-                  if record.job_id not in queue and not (runs.get(key) and runs[key].info.status == FINISHED)]
+    unfinished = [
+        record.job_id
+        for key, record in submitted.items()
+        if record.job_id not in queue and not (runs.get(key) and runs[key].info.status == FINISHED)
+    ]
     try:
         accounting = sacct(unfinished)
     except SlurmError as error:
@@ -498,11 +525,18 @@ class Plan:
 
 
 def _chunks(items: list, size: int) -> list[list]:
-    return [items[start:start + size] for start in range(0, len(items), size)]
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-def plan_submission(jobs: list[Job], finished: set[str], alive: Mapping[str, str], locked: set[str],
-                    pack: int, array_size: int, sweep_name: str) -> Plan:
+def plan_submission(
+    jobs: list[Job],
+    finished: set[str],
+    alive: Mapping[str, str],
+    locked: set[str],
+    pack: int,
+    array_size: int,
+    sweep_name: str,
+) -> Plan:
     """What to submit (pure): keys neither FINISHED nor alive nor running elsewhere, in arrays per stage.
 
     ``alive``: key -> its Slurm job id, for keys whose recorded job is pending or running.
@@ -572,24 +606,40 @@ def check_tracking(tracking_uri: str, profile: SlurmProfile, profile_name: str) 
         )
 
 
-def _executor(folder: Path, profile: SlurmProfile, project_root: Path, name: str, after: str | None,
-              after_kind: str = "afterok", aggregate: bool = False) -> submitit.SlurmExecutor:
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues_on_timeout,
-                                      python=profile.python)
+def _executor(
+    folder: Path,
+    profile: SlurmProfile,
+    project_root: Path,
+    name: str,
+    after: str | None,
+    after_kind: str = "afterok",
+    aggregate: bool = False,
+) -> submitit.SlurmExecutor:
+    executor = submitit.SlurmExecutor(
+        folder=folder, max_num_timeout=profile.max_requeues_on_timeout, python=profile.python
+    )
     setup = [*profile.setup, f"export PYTHONPATH={shlex.quote(str(project_root))}${{PYTHONPATH:+:$PYTHONPATH}}"]
     extra = {**profile.sbatch_options(), "kill-on-invalid-dep": "yes"}
     if not aggregate:
         extra["requeue"] = True  # may be requeued (preemption in PreemptMode=REQUEUE, node failure)
     params: dict[str, Any] = dict(
-        job_name=name, time=profile.aggregate.time_min if aggregate else profile.time_min,
+        job_name=name,
+        time=profile.aggregate.time_min if aggregate else profile.time_min,
         cpus_per_task=profile.aggregate.cpus if aggregate else profile.cpus_per_job,
-        signal_delay_s=profile.signal_delay_s, array_parallelism=profile.array_parallelism,
-        setup=setup, additional_parameters=extra, comment=f"ssl-hpc {name}",
+        signal_delay_s=profile.signal_delay_s,
+        array_parallelism=profile.array_parallelism,
+        setup=setup,
+        additional_parameters=extra,
+        comment=f"ssl-hpc {name}",
     )
     partition = (profile.aggregate.partition or profile.partition) if aggregate else profile.partition
     mem = profile.aggregate.mem_gb if aggregate else profile.mem_gb
-    for key, value in (("partition", partition), ("account", profile.account), ("qos", profile.qos),
-                       ("constraint", None if aggregate else profile.constraint)):
+    for key, value in (
+        ("partition", partition),
+        ("account", profile.account),
+        ("qos", profile.qos),
+        ("constraint", None if aggregate else profile.constraint),
+    ):
         if value is not None:
             params[key] = value
     if mem is not None:  # in MB: Slurm 22.05 refuses submitit's "3GB"
@@ -625,8 +675,14 @@ def resolved_sweep_file(sweep: SweepConfig, output_root: Path) -> Path | None:
     return None
 
 
-def submit_sweep(sweep: SweepConfig, jobs: list[Job], context: RunContext, profile: SlurmProfile,
-                 project_root: Path, profile_name: str = "") -> SubmitReport:
+def submit_sweep(
+    sweep: SweepConfig,
+    jobs: list[Job],
+    context: RunContext,
+    profile: SlurmProfile,
+    project_root: Path,
+    profile_name: str = "",
+) -> SubmitReport:
     """Submits what is missing and returns; see the module docstring."""
     check_tracking(context.tracking_uri, profile, profile_name)
     folder = slurm_dir(context.output_root)
@@ -638,8 +694,11 @@ def submit_sweep(sweep: SweepConfig, jobs: list[Job], context: RunContext, profi
         records = load_records(context.output_root)
         need_queue = profile.max_submit_jobs is not None
         queue = squeue(user=getpass.getuser()) if need_queue else squeue([r.job_id for r in records.values()])
-        alive = {key: record.job_id for key, record in records.items()
-                 if key != AGGREGATE_KEY and queue.get(record.job_id) and queue[record.job_id].state in ALIVE}
+        alive = {
+            key: record.job_id
+            for key, record in records.items()
+            if key != AGGREGATE_KEY and queue.get(record.job_id) and queue[record.job_id].state in ALIVE
+        }
         locked = {job.key for job in jobs if job.key not in alive and RunLock.held(context.output_root / job.key)}
         plan = plan_submission(jobs, finished, alive, locked, profile.pack, max_array_size(profile), sweep.name)
         report.plan = plan
@@ -647,8 +706,11 @@ def submit_sweep(sweep: SweepConfig, jobs: list[Job], context: RunContext, profi
             return report
         budget = None
         if profile.max_submit_jobs is not None:  # every array task counts; keep a place for the aggregation job
-            budget = (profile.max_submit_jobs - sum(1 for entry in queue.values() if entry.state in ALIVE)
-                      - (1 if aggregation_available(profile) else 0))
+            budget = (
+                profile.max_submit_jobs
+                - sum(1 for entry in queue.values() if entry.state in ALIVE)
+                - (1 if aggregation_available(profile) else 0)
+            )
         logs = folder / LOGS
         new_ids: dict[str, str] = {}
         blocked = False
@@ -661,19 +723,22 @@ def submit_sweep(sweep: SweepConfig, jobs: list[Job], context: RunContext, profi
             if array.after is not None:
                 after = new_ids.get(array.after) or array.after_job
                 if after is None:
-                    report.not_submitted.update({key: f"its pretraining job {array.after} was not submitted"
-                                                 for key in keys})
+                    report.not_submitted.update(
+                        {key: f"its pretraining job {array.after} was not submitted" for key in keys}
+                    )
                     continue
             packs = array.packs
             if budget is not None:
                 if budget <= 0:
-                    report.not_submitted.update({key: f"MaxSubmitJobs ({profile.max_submit_jobs}) reached"
-                                                 for key in keys})
+                    report.not_submitted.update(
+                        {key: f"MaxSubmitJobs ({profile.max_submit_jobs}) reached" for key in keys}
+                    )
                     continue
                 if len(packs) > budget:
                     for pack in packs[budget:]:
-                        report.not_submitted.update({job.key: f"MaxSubmitJobs ({profile.max_submit_jobs}) reached"
-                                                     for job in pack})
+                        report.not_submitted.update(
+                            {job.key: f"MaxSubmitJobs ({profile.max_submit_jobs}) reached" for job in pack}
+                        )
                     packs = packs[:budget]
                 budget -= len(packs)
             executor = _executor(logs, profile, project_root, array.name, after)
@@ -691,13 +756,24 @@ def submit_sweep(sweep: SweepConfig, jobs: list[Job], context: RunContext, profi
                 array_id, _, index = job_id.partition("_")
                 for job in pack:
                     new_ids[job.key] = job_id
-                    batch.append(Submission(job.key, job_id, array_id, int(index) if index else None, array.stage,
-                                            tuple(j.key for j in pack), f"afterok:{after}" if after else "", now))
+                    batch.append(
+                        Submission(
+                            job.key,
+                            job_id,
+                            array_id,
+                            int(index) if index else None,
+                            array.stage,
+                            tuple(j.key for j in pack),
+                            f"afterok:{after}" if after else "",
+                            now,
+                        )
+                    )
             append_records(context.output_root, batch)
             report.submitted += batch
         if report.submitted:
-            report.aggregate = _submit_aggregation(sweep, context, profile, project_root, records, queue,
-                                                   [*alive.values(), *new_ids.values()], report)
+            report.aggregate = _submit_aggregation(
+                sweep, context, profile, project_root, records, queue, [*alive.values(), *new_ids.values()], report
+            )
     return report
 
 
@@ -705,9 +781,16 @@ def aggregation_available(profile: SlurmProfile) -> bool:
     return profile.aggregate.enabled and importlib.util.find_spec("ssl_hpc.aggregate") is not None
 
 
-def _submit_aggregation(sweep: SweepConfig, context: RunContext, profile: SlurmProfile, project_root: Path,
-                        records: Mapping[str, Submission], queue: Mapping[str, QueueEntry], job_ids: list[str],
-                        report: SubmitReport) -> Submission | None:
+def _submit_aggregation(
+    sweep: SweepConfig,
+    context: RunContext,
+    profile: SlurmProfile,
+    project_root: Path,
+    records: Mapping[str, Submission],
+    queue: Mapping[str, QueueEntry],
+    job_ids: list[str],
+    report: SubmitReport,
+) -> Submission | None:
     if not profile.aggregate.enabled:
         return None
     if importlib.util.find_spec("ssl_hpc.aggregate") is None:
@@ -715,22 +798,30 @@ def _submit_aggregation(sweep: SweepConfig, context: RunContext, profile: SlurmP
         return None
     sweep_file = resolved_sweep_file(sweep, context.output_root)
     if sweep_file is None:
-        report.messages.append("no aggregation job: the resolved sweep does not round-trip; "
-                               "run launch/aggregate.py yourself once the jobs are done")
+        report.messages.append(
+            "no aggregation job: the resolved sweep does not round-trip; "
+            "run launch/aggregate.py yourself once the jobs are done"
+        )
         return None
     previous = records.get(AGGREGATE_KEY)
     if previous is not None and previous.job_id in queue and queue[previous.job_id].state == "PENDING":
         subprocess.run(["scancel", previous.job_id], capture_output=True)  # replaced by one that waits for all
     after = ":".join(base_ids(job_ids))
-    executor = _executor(slurm_dir(context.output_root) / LOGS, profile, project_root, f"{sweep.name}-aggregate",
-                         after, after_kind="afterany", aggregate=True)
+    executor = _executor(
+        slurm_dir(context.output_root) / LOGS,
+        profile,
+        project_root,
+        f"{sweep.name}-aggregate",
+        after,
+        after_kind="afterany",
+        aggregate=True,
+    )
     try:
         job = executor.submit(run_aggregation, str(sweep_file), str(project_root), context.tracking_uri)
     except Exception as error:  # noqa: BLE001 - the runs are queued; aggregation can be run by hand
         report.messages.append(f"the aggregation job was not submitted: {str(error).strip()[-300:]}")
         return None
-    record = Submission(AGGREGATE_KEY, job.job_id, job.job_id, None, "aggregate", (), f"afterany:{after}",
-                        time.time())
+    record = Submission(AGGREGATE_KEY, job.job_id, job.job_id, None, "aggregate", (), f"afterany:{after}", time.time())
     append_records(context.output_root, [record])
     return record
 
@@ -745,8 +836,10 @@ def format_report(report: SubmitReport, sweep_name: str, output_root: Path) -> s
         tasks = sorted({record.job_id for record in records})
         stage = records[0].stage
         dependency = f"  after {records[0].dependency}" if records[0].dependency else ""
-        lines.append(f"slurm job {array_id}: {stage}, {len(records)} runs in {len(tasks)} "
-                     f"{'tasks' if len(tasks) > 1 else 'task'}{dependency}")
+        lines.append(
+            f"slurm job {array_id}: {stage}, {len(records)} runs in {len(tasks)} "
+            f"{'tasks' if len(tasks) > 1 else 'task'}{dependency}"
+        )
         for record in records:
             lines.append(f"  {record.job_id:14} {record.key}")
     if report.aggregate is not None:
@@ -754,9 +847,11 @@ def format_report(report: SubmitReport, sweep_name: str, output_root: Path) -> s
     for key, why in report.not_submitted.items():
         lines.append(f"not submitted {key}: {why}")
     lines += report.messages
-    lines.append(f"{sweep_name}: {len(report.submitted)} submitted, {len(plan.queued)} already queued, "
-                 f"{len(plan.finished)} finished, {len(plan.running_elsewhere)} running elsewhere, "
-                 f"{len(report.not_submitted)} not submitted")
+    lines.append(
+        f"{sweep_name}: {len(report.submitted)} submitted, {len(plan.queued)} already queued, "
+        f"{len(plan.finished)} finished, {len(plan.running_elsewhere)} running elsewhere, "
+        f"{len(report.not_submitted)} not submitted"
+    )
     lines.append(f"logs: {slurm_dir(output_root) / LOGS}")
     return "\n".join(lines)
 
@@ -785,6 +880,8 @@ def main_submit(sweep: SweepConfig, jobs: list[Job], context: RunContext, projec
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(format_report(report, sweep.name, context.output_root))
-    print(f"tracking: {context.tracking_uri}  (experiment {sweep.name!r}); "
-          f"follow with: python launch/sweep.py <sweep> --status")
+    print(
+        f"tracking: {context.tracking_uri}  (experiment {sweep.name!r}); "
+        f"follow with: python launch/sweep.py <sweep> --status"
+    )
     return 1 if any(message.startswith("sbatch refused") for message in report.messages) else 0

@@ -19,13 +19,13 @@ from torch import nn
 @dataclass(frozen=True)
 class BackboneInfo:
     num_features: int
-    stages: tuple[str, ...]          # module names, input side first (the stem is not a stage)
-    cam_layer: str                   # module name of the layer CAMs target
+    stages: tuple[str, ...]  # module names, input side first (the stem is not a stage)
+    cam_layer: str  # module name of the layer CAMs target
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    family: str                      # "resnet", "vit", "cnn"
+    family: str  # "resnet", "vit", "cnn"
     token_grid: tuple[int, int] | None = None  # ViTs: the patch grid, for CAM reshape transforms
-    prefix_tokens: int = 0                     # ViTs: class/register tokens before the patch tokens
+    prefix_tokens: int = 0  # ViTs: class/register tokens before the patch tokens
 
 
 class Backbone(nn.Module):

@@ -16,8 +16,14 @@ from ssl_hpc.models.backbones import Backbone
 class Preprocess(nn.Module):
     """[0, 1] images with the dataset's channels -> what the backbone was built for."""
 
-    def __init__(self, in_channels: int, out_channels: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 size: int | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        size: int | None = None,
+    ):
         super().__init__()
         if in_channels not in (1, out_channels):
             raise ValueError(f"cannot feed {in_channels}-channel images to a {out_channels}-channel backbone")

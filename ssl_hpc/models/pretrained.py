@@ -62,7 +62,7 @@ def how_to_fetch(checkpoint: str) -> str:
     cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
     return (
         f"fetch them on a machine with network:  python -c \"import timm; timm.create_model('{checkpoint}', "
-        f"pretrained=True)\"  then copy {cache} to this machine (or set HF_HOME to a shared copy), or point "
+        f'pretrained=True)"  then copy {cache} to this machine (or set HF_HOME to a shared copy), or point '
         "model.pretrained_weights at a state-dict file"
     )
 
@@ -87,8 +87,9 @@ def ensure_weights(backbone: str, weights: str | None, download: bool = True) ->
                 return
         except Exception:  # no network here: report below what to do
             pass
-    raise PretrainedWeightsMissing(f"ImageNet weights of {backbone} ({checkpoint}) are not in the local cache; "
-                                   + how_to_fetch(checkpoint))
+    raise PretrainedWeightsMissing(
+        f"ImageNet weights of {backbone} ({checkpoint}) are not in the local cache; " + how_to_fetch(checkpoint)
+    )
 
 
 def pretrained_state(backbone: str, weights: str, request: BackboneRequest) -> dict[str, torch.Tensor]:
@@ -99,14 +100,15 @@ def pretrained_state(backbone: str, weights: str, request: BackboneRequest) -> d
             state = state["state_dict"]
         # A Backbone's own state dict (as saved by this suite) prefixes the body's names with "body.".
         if state and all(name.startswith("body.") for name in state):
-            state = {name[len("body."):]: tensor for name, tensor in state.items()}
+            state = {name[len("body.") :]: tensor for name, tensor in state.items()}
         return state
     checkpoint = IMAGENET_WEIGHTS.get(backbone)
     if checkpoint is None:
         raise ValueError(f"no ImageNet weights for {backbone!r}; accepted: {', '.join(sorted(IMAGENET_WEIGHTS))}")
     if not cached(checkpoint):
-        raise PretrainedWeightsMissing(f"ImageNet weights of {backbone} ({checkpoint}) are not on this machine; "
-                                       + how_to_fetch(checkpoint))
+        raise PretrainedWeightsMissing(
+            f"ImageNet weights of {backbone} ({checkpoint}) are not on this machine; " + how_to_fetch(checkpoint)
+        )
     extra = {"img_size": request.image_size} if backbone.startswith("vit_") else {}
     return timm.create_model(checkpoint, pretrained=True, num_classes=0, **extra).state_dict()
 
@@ -118,12 +120,15 @@ def load_pretrained(backbone_module: Backbone, backbone: str, weights: str, requ
     expected = backbone_module.body.state_dict()
     missing = [name for name in expected if name not in state]
     if missing:
-        raise ValueError(f"pretrained weights {weights!r} do not fit {backbone}: {len(missing)} tensors missing, "
-                         f"e.g. {', '.join(missing[:5])}")
+        raise ValueError(
+            f"pretrained weights {weights!r} do not fit {backbone}: {len(missing)} tensors missing, "
+            f"e.g. {', '.join(missing[:5])}"
+        )
     wrong = [name for name in expected if state[name].shape != expected[name].shape]
     if wrong:
-        raise ValueError(f"pretrained weights {weights!r} do not fit {backbone}: shapes differ for "
-                         f"{', '.join(wrong[:5])}")
+        raise ValueError(
+            f"pretrained weights {weights!r} do not fit {backbone}: shapes differ for {', '.join(wrong[:5])}"
+        )
     backbone_module.body.load_state_dict({name: state[name] for name in expected})
     mean, std = normalisation(backbone, request.in_channels)
     backbone_module.info = replace(backbone_module.info, mean=mean, std=std)
@@ -138,5 +143,12 @@ def normalisation(backbone: str, channels: int) -> tuple[tuple[float, ...], tupl
     return mean[:channels], std[:channels]
 
 
-__all__ = ["IMAGENET", "IMAGENET_WEIGHTS", "TIMM_CNNS", "PretrainedWeightsMissing", "ensure_weights",
-           "load_pretrained", "pretrained_state"]
+__all__ = [
+    "IMAGENET",
+    "IMAGENET_WEIGHTS",
+    "TIMM_CNNS",
+    "PretrainedWeightsMissing",
+    "ensure_weights",
+    "load_pretrained",
+    "pretrained_state",
+]

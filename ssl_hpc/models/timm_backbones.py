@@ -10,7 +10,6 @@ from __future__ import annotations
 import timm
 import torch
 
-
 from ssl_hpc.models.backbones import HALF, Backbone, BackboneInfo, BackboneRequest, register_backbone
 
 # name -> (timm architecture, stage module names input side first, CAM layer). A stage names the
@@ -24,8 +23,11 @@ TIMM_CNNS: dict[str, tuple[str, tuple[str, ...] | None, str | None]] = {
     "mobilenet_v1": ("mobilenetv1_100", None, None),
     "mobilenet_v2": ("mobilenetv2_100", None, "bn2"),
     "efficientnet_b0": ("efficientnet_b0", None, "bn2"),
-    "densenet201": ("densenet201", ("features.denseblock1", "features.denseblock2", "features.denseblock3",
-                                    "features.denseblock4"), "features.norm5"),
+    "densenet201": (
+        "densenet201",
+        ("features.denseblock1", "features.denseblock2", "features.denseblock3", "features.denseblock4"),
+        "features.norm5",
+    ),
 }
 
 
@@ -57,5 +59,3 @@ for _name in TIMM_CNNS:
 
 def timm_architecture(name: str) -> str:
     return TIMM_CNNS[name][0]
-
-

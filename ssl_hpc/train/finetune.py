@@ -48,7 +48,9 @@ def configure_trainable(
         opened = modules_from(body, trainable_from)
     elif trainable_layers is not None:
         if not 1 <= trainable_layers <= len(layers):
-            raise ValueError(f"trainable_layers={trainable_layers} but the backbone has {len(layers)} layers with weights")
+            raise ValueError(
+                f"trainable_layers={trainable_layers} but the backbone has {len(layers)} layers with weights"
+            )
         opened = layers[-trainable_layers:]
     else:
         stages = list(model.backbone.info.stages)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,20 +35,24 @@ def run_finetune(handle: RunHandle, cache: DatasetCache) -> None:
     log_leakage(handle, cache)
 
     labelled = label_subset(
-        dataset.train.labels.numpy(), seed=config.seed, fraction=config.label_fraction,
+        dataset.train.labels.numpy(),
+        seed=config.seed,
+        fraction=config.label_fraction,
         per_class=config.labels_per_class,
     )
     train = dataset.train.subset(torch.from_numpy(labelled)).to(device)
     val, test = dataset.val.to(device), dataset.test.to(device)
     backbone_state = load_pretrained_backbone(handle) if config.pretrain_key else None
     model = build_classifier(config, dataset.num_classes, dataset.channels, backbone_state)
-    handle.tracker.set_tags(handle.run_id, {"n_labels": str(len(train)),
-                                            "class_names": json.dumps(list(dataset.class_names))})
+    handle.tracker.set_tags(
+        handle.run_id, {"n_labels": str(len(train)), "class_names": json.dumps(list(dataset.class_names))}
+    )
 
     if config.finetune == "knn":
         model = handle.precision.prepare(model)
-        history, best_epoch, seconds, val_probs, test_probs = knn_predictions(model, train, val, test, dataset.num_classes,
-                                                                             settings.knn_k, handle)
+        history, best_epoch, seconds, val_probs, test_probs = knn_predictions(
+            model, train, val, test, dataset.num_classes, settings.knn_k, handle
+        )
     else:
         history, best_epoch, seconds = train_classifier(handle, model, train, val, dataset)
         eval_batch = handle.context.runtime.eval_batch_size
@@ -77,8 +80,16 @@ def log_cams(handle: RunHandle, model, test: ImageSplit, probs: np.ndarray, data
     from ssl_hpc.explain import explain_classifier
 
     masks = dataset.masks.get("test") if dataset.masks else None
-    metrics, paths = explain_classifier(model, test, probs, dataset.class_names, settings,
-                                        handle.artifact_dir() / "cam", handle.precision.device, masks=masks)
+    metrics, paths = explain_classifier(
+        model,
+        test,
+        probs,
+        dataset.class_names,
+        settings,
+        handle.artifact_dir() / "cam",
+        handle.precision.device,
+        masks=masks,
+    )
     handle.tracker.log_metrics(handle.run_id, metrics)
     handle.log_artifacts(paths, "cam")
 
@@ -87,8 +98,14 @@ def log_leakage(handle: RunHandle, cache: DatasetCache) -> None:
     """The leakage guard, before any training: near-duplicates across splits are counted and logged,
     or stop the run (``data.duplicates: error``)."""
     config = handle.job.config
-    report = cache.leakage(config.dataset, config.size, config.data.duplicates, config.data.duplicate_threshold,
-                           config.data.duplicate_min_correlation, download=config.data.download)
+    report = cache.leakage(
+        config.dataset,
+        config.size,
+        config.data.duplicates,
+        config.data.duplicate_threshold,
+        config.data.duplicate_min_correlation,
+        download=config.data.download,
+    )
     if report is None:
         return
     handle.tracker.log_metrics(handle.run_id, report.as_metrics())
@@ -106,23 +123,37 @@ def train_classifier(handle: RunHandle, model, train: ImageSplit, val: ImageSpli
     config = handle.job.config
     settings = config.finetune_settings
     counts = class_counts(train.labels.cpu().numpy(), dataset.num_classes)
-    weights = class_weights(config.class_weight or "none", counts, beta=settings.effective_number_beta,
-                            class_names=dataset.class_names)
-    opened = configure_trainable(model, config.finetune, settings.trainable_last, settings.trainable_layers,
-                                 settings.trainable_from)
+    weights = class_weights(
+        config.class_weight or "none", counts, beta=settings.effective_number_beta, class_names=dataset.class_names
+    )
+    opened = configure_trainable(
+        model, config.finetune, settings.trainable_last, settings.trainable_layers, settings.trainable_from
+    )
     model = handle.precision.prepare(model)
     tags = {"trainable_params": str(count_trainable(model))}
     if weights is not None:
         tags["class_weights"] = ",".join(f"{w:.4f}" for w in weights)
     handle.tracker.set_tags(handle.run_id, tags)
     task = ClassificationTask(
-        model, opened, val, class_weight_tensor(weights, handle.precision.device),
-        classification_augmentation(settings.augment, dataset.image_size), handle.context.runtime.eval_batch_size,
+        model,
+        opened,
+        val,
+        class_weight_tensor(weights, handle.precision.device),
+        classification_augmentation(settings.augment, dataset.image_size),
+        handle.context.runtime.eval_batch_size,
     )
     result = fit(
-        task, train, settings, seed=config.seed, workdir=handle.workdir, precision=handle.precision,
-        select_by=settings.select_by, patience=settings.early_stopping_patience,
-        on_epoch_end=handle.log_epoch, on_resume=handle.log_history, progress=handle.context.progress,
+        task,
+        train,
+        settings,
+        seed=config.seed,
+        workdir=handle.workdir,
+        precision=handle.precision,
+        select_by=settings.select_by,
+        patience=settings.early_stopping_patience,
+        on_epoch_end=handle.log_epoch,
+        on_resume=handle.log_history,
+        progress=handle.context.progress,
         description=f"{config.method}/{config.finetune} {handle.job.key}",
     )
     if result.best_state is not None:
@@ -131,8 +162,9 @@ def train_classifier(handle: RunHandle, model, train: ImageSplit, val: ImageSpli
     return result.history, result.best_epoch, seconds
 
 
-def knn_predictions(model, train: ImageSplit, val: ImageSplit, test: ImageSplit, num_classes: int, k: int,
-                    handle: RunHandle):
+def knn_predictions(
+    model, train: ImageSplit, val: ImageSplit, test: ImageSplit, num_classes: int, k: int, handle: RunHandle
+):
     """k-NN on the frozen backbone's features: no optimiser, no epochs."""
     started = time.perf_counter()
     handle.tracker.set_tags(handle.run_id, {"trainable_params": "0"})
@@ -141,7 +173,9 @@ def knn_predictions(model, train: ImageSplit, val: ImageSplit, test: ImageSplit,
     bank = extract_features(encoder, train.images, batch)
     val_probs, test_probs = (
         knn_probs(bank, train.labels, extract_features(encoder, split.images, batch), num_classes, k)
-        .cpu().numpy().astype(np.float64)
+        .cpu()
+        .numpy()
+        .astype(np.float64)
         for split in (val, test)
     )
     return [], None, time.perf_counter() - started, val_probs, test_probs
@@ -156,13 +190,19 @@ class Predictions:
     split_digest: str
 
     def save(self, path: Path) -> Path:
-        np.savez_compressed(path, probs=self.probs, labels=self.labels, indices=np.arange(len(self.labels)),
-                            split_digest=np.array(self.split_digest))
+        np.savez_compressed(
+            path,
+            probs=self.probs,
+            labels=self.labels,
+            indices=np.arange(len(self.labels)),
+            split_digest=np.array(self.split_digest),
+        )
         return path
 
 
-def log_prediction_artifacts(handle: RunHandle, class_names, predictions: dict[str, Predictions], history,
-                             best_epoch, state) -> None:
+def log_prediction_artifacts(
+    handle: RunHandle, class_names, predictions: dict[str, Predictions], history, best_epoch, state
+) -> None:
     folder = handle.artifact_dir()
     test_labels, test_probs = predictions["test"].labels, predictions["test"].probs
     matrix = confusion(test_labels, test_probs)

@@ -37,6 +37,8 @@ def best_path(workdir: Path, epoch: int) -> Path:
     removed only after, so a crash between the two writes never leaves ``last.pt`` pointing at the wrong
     weights."""
     return workdir / f"best-{epoch}.pt"
+
+
 LOWER_IS_BETTER = {"val_loss", "train_loss"}
 
 
@@ -182,7 +184,9 @@ def fit(
         metrics["epoch_seconds"] = time.perf_counter() - started
         metrics["epoch"] = float(epoch)
         history.append(metrics)
-        if select_by != "last" and is_better(select_by, metrics[select_by], _best_value(history, best_epoch, select_by)):
+        if select_by != "last" and is_better(
+            select_by, metrics[select_by], _best_value(history, best_epoch, select_by)
+        ):
             best_epoch = epoch
             save_atomic(task.module.state_dict(), best_path(workdir, epoch))
         elif select_by == "last":

@@ -11,7 +11,9 @@ from lightly.utils.lars import LARS
 from ssl_hpc.config import StageSettings
 
 
-def build_optimizer(settings: StageSettings, params: Iterable[torch.nn.Parameter] | list[dict]) -> torch.optim.Optimizer:
+def build_optimizer(
+    settings: StageSettings, params: Iterable[torch.nn.Parameter] | list[dict]
+) -> torch.optim.Optimizer:
     if settings.optimizer == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     if settings.optimizer == "lars":  # SGD with layer-wise trust ratios: Barlow Twins' and VICReg's optimiser

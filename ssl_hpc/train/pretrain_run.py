@@ -60,12 +60,26 @@ def run_pretrain(handle: RunHandle, cache: DatasetCache) -> None:
         model.backbone_loaded()
     preprocess = handle.precision.prepare(preprocess_for(config, model.backbone, dataset.channels))
     model = handle.precision.prepare(model)
-    augment = view_augmentation(spec.view_preset, dataset.image_size, dataset.channels, settings.crop_scale_min,
-                                settings.color_jitter, settings.gray_scale_prob, settings.blur_prob)
+    augment = view_augmentation(
+        spec.view_preset,
+        dataset.image_size,
+        dataset.channels,
+        settings.crop_scale_min,
+        settings.color_jitter,
+        settings.gray_scale_prob,
+        settings.blur_prob,
+    )
     task = PretextTask(model, preprocess, augment, spec.views)
     result = fit(
-        task, unlabeled, settings, seed=config.seed, workdir=handle.workdir, precision=handle.precision,
-        on_epoch_end=handle.log_epoch, on_resume=handle.log_history, progress=handle.context.progress,
+        task,
+        unlabeled,
+        settings,
+        seed=config.seed,
+        workdir=handle.workdir,
+        precision=handle.precision,
+        on_epoch_end=handle.log_epoch,
+        on_resume=handle.log_history,
+        progress=handle.context.progress,
         description=f"{config.method}/pretrain {handle.job.key}",
     )
     # The backbone as fine-tuning will build it (AIM's causal ViT becomes a plain timm ViT).
@@ -78,18 +92,24 @@ def run_pretrain(handle: RunHandle, cache: DatasetCache) -> None:
     }
     handle.tracker.log_metrics(handle.run_id, metrics)
     folder = handle.artifact_dir()
-    handle.log_artifacts([
-        save_model(model.backbone.state_dict(), folder / BACKBONE_ARTIFACT),
-        plot_curves(result.history, folder / "curves.png", title=handle.job.describe()),
-    ])
+    handle.log_artifacts(
+        [
+            save_model(model.backbone.state_dict(), folder / BACKBONE_ARTIFACT),
+            plot_curves(result.history, folder / "curves.png", title=handle.job.describe()),
+        ]
+    )
 
 
 def knn_monitor(encoder: torch.nn.Module, dataset: LabeledDataset, device: torch.device, batch_size: int) -> float:
     """Validation accuracy of a 20-NN classifier on the features: a cheap read of representation
     quality, for monitoring only (no run selects anything by it)."""
     train, val = dataset.train.to(device), dataset.val.to(device)
-    probs = knn_probs(extract_features(encoder, train.images, batch_size), train.labels,
-                      extract_features(encoder, val.images, batch_size), dataset.num_classes)
+    probs = knn_probs(
+        extract_features(encoder, train.images, batch_size),
+        train.labels,
+        extract_features(encoder, val.images, batch_size),
+        dataset.num_classes,
+    )
     return float((probs.argmax(dim=1) == val.labels).float().mean())
 
 

@@ -32,14 +32,19 @@ class AIM(PretextModel):
         self.num_patches = vit.patch_embed.num_patches
         utils.initialize_2d_sine_cosine_positional_embedding(pos_embedding=vit.pos_embed, has_class_token=False)
         channels = vit.patch_embed.proj.in_channels
-        self.prediction_head = AIMPredictionHead(input_dim=vit.embed_dim, output_dim=channels * self.patch_size**2,
-                                                 hidden_dim=head_width(vit.embed_dim), num_blocks=1)
+        self.prediction_head = AIMPredictionHead(
+            input_dim=vit.embed_dim,
+            output_dim=channels * self.patch_size**2,
+            hidden_dim=head_width(vit.embed_dim),
+            num_blocks=1,
+        )
 
     def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         images = views[0]
         vit = self.backbone.body
-        mask = utils.random_prefix_mask(size=(len(images), self.num_patches), max_prefix_length=self.num_patches - 1,
-                                        device=images.device)
+        mask = utils.random_prefix_mask(
+            size=(len(images), self.num_patches), max_prefix_length=self.num_patches - 1, device=images.device
+        )
         features = vit.forward_features(images, mask=mask)
         features = vit._pos_embed(features)
         predictions = self.prediction_head(features)
@@ -54,14 +59,16 @@ def build_aim(name: str, request: BackboneRequest, settings) -> AIM:
     return AIM(vit_backbone(body, request.in_channels))
 
 
-register(MethodSpec(
-    name="aim",
-    needs_pretraining=True,
-    description="AIM: autoregressive image model with a causal ViT (ViT backbones)",
-    backbone_families=("vit",),
-    views=1,
-    view_preset="crop_flip",
-    pretrain_defaults=ADAMW_PRETRAIN,
-    model_defaults={"vit_pool": "avg"},
-    build_pretext=build_aim,
-))
+register(
+    MethodSpec(
+        name="aim",
+        needs_pretraining=True,
+        description="AIM: autoregressive image model with a causal ViT (ViT backbones)",
+        backbone_families=("vit",),
+        views=1,
+        view_preset="crop_flip",
+        pretrain_defaults=ADAMW_PRETRAIN,
+        model_defaults={"vit_pool": "avg"},
+        build_pretext=build_aim,
+    )
+)

@@ -32,17 +32,23 @@ class RedundancyReduction(PretextModel):
         return self.criterion(self.encoder(views[0]), self.encoder(views[1]))
 
 
-register(MethodSpec(
-    name="barlowtwins",
-    needs_pretraining=True,
-    description="Barlow Twins: cross-correlation of two views towards the identity",
-    pretrain_defaults={**LARS_PRETRAIN, "weight_decay": 1.5e-6},
-    build_pretext=lambda name, request, settings: RedundancyReduction(build_backbone(name, request), BarlowTwinsLoss()),
-))
-register(MethodSpec(
-    name="vicreg",
-    needs_pretraining=True,
-    description="VICReg: variance, invariance and covariance terms on two views",
-    pretrain_defaults={**LARS_PRETRAIN, "weight_decay": 1e-6},
-    build_pretext=lambda name, request, settings: RedundancyReduction(build_backbone(name, request), VICRegLoss()),
-))
+register(
+    MethodSpec(
+        name="barlowtwins",
+        needs_pretraining=True,
+        description="Barlow Twins: cross-correlation of two views towards the identity",
+        pretrain_defaults={**LARS_PRETRAIN, "weight_decay": 1.5e-6},
+        build_pretext=lambda name, request, settings: RedundancyReduction(
+            build_backbone(name, request), BarlowTwinsLoss()
+        ),
+    )
+)
+register(
+    MethodSpec(
+        name="vicreg",
+        needs_pretraining=True,
+        description="VICReg: variance, invariance and covariance terms on two views",
+        pretrain_defaults={**LARS_PRETRAIN, "weight_decay": 1e-6},
+        build_pretext=lambda name, request, settings: RedundancyReduction(build_backbone(name, request), VICRegLoss()),
+    )
+)

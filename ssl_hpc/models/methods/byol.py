@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-from torch import nn
 
 from ssl_hpc.models.backbones import build_backbone
 from ssl_hpc.models.methods.base import Encoder, MomentumTeacher, PretextModel
@@ -29,10 +28,12 @@ class BYOL(PretextModel):
         self.target.update(self.encoder, progress)
 
 
-register(MethodSpec(
-    name="byol",
-    needs_pretraining=True,
-    description="BYOL: online predictor against a momentum target",
-    pretrain_defaults=SGD_PRETRAIN,
-    build_pretext=lambda name, request, settings: BYOL(build_backbone(name, request)),
-))
+register(
+    MethodSpec(
+        name="byol",
+        needs_pretraining=True,
+        description="BYOL: online predictor against a momentum target",
+        pretrain_defaults=SGD_PRETRAIN,
+        build_pretext=lambda name, request, settings: BYOL(build_backbone(name, request)),
+    )
+)

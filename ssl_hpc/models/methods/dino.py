@@ -42,10 +42,12 @@ class DINO(PretextModel):
         self.teacher.update(self.student, progress)
 
 
-register(MethodSpec(
-    name="dino",
-    needs_pretraining=True,
-    description="DINO: self-distillation with a momentum teacher (two global views)",
-    pretrain_defaults={"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.04, "schedule": "cosine", "min_lr": 0.0},
-    build_pretext=lambda name, request, settings: DINO(build_backbone(name, request), settings.epochs),
-))
+register(
+    MethodSpec(
+        name="dino",
+        needs_pretraining=True,
+        description="DINO: self-distillation with a momentum teacher (two global views)",
+        pretrain_defaults={"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.04, "schedule": "cosine", "min_lr": 0.0},
+        build_pretext=lambda name, request, settings: DINO(build_backbone(name, request), settings.epochs),
+    )
+)

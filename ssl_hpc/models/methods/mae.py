@@ -30,7 +30,10 @@ class MAE(PretextModel):
         self.sequence_length = self.encoder.sequence_length
         self.decoder_embed = nn.Linear(vit.embed_dim, DECODER_DIM)
         self.decoder = MaskedVisionTransformerDecoderTIMM(
-            num_patches=vit.patch_embed.num_patches, embed_dim=DECODER_DIM, depth=decoder_depth, num_heads=8,
+            num_patches=vit.patch_embed.num_patches,
+            embed_dim=DECODER_DIM,
+            depth=decoder_depth,
+            num_heads=8,
             num_prefix_tokens=vit.num_prefix_tokens,
         )
         self.prediction_head = nn.Linear(DECODER_DIM, self.patch_size**2 * vit.patch_embed.proj.in_channels)
@@ -39,7 +42,9 @@ class MAE(PretextModel):
     def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         images = views[0]
         idx_keep, idx_mask = utils.random_token_mask(
-            size=(len(images), self.sequence_length), mask_ratio=self.mask_ratio, device=images.device,
+            size=(len(images), self.sequence_length),
+            mask_ratio=self.mask_ratio,
+            device=images.device,
             mask_class_token=False,
         )
         encoded = self.encoder.encode(images=images, idx_keep=idx_keep)
@@ -53,13 +58,15 @@ class MAE(PretextModel):
         return F.mse_loss(predictions.float(), target.float())
 
 
-register(MethodSpec(
-    name="mae",
-    needs_pretraining=True,
-    description="MAE: masked autoencoder, mask ratio 0.75 (ViT backbones)",
-    backbone_families=("vit",),
-    views=1,
-    view_preset="crop_flip",
-    pretrain_defaults=ADAMW_PRETRAIN,
-    build_pretext=lambda name, request, settings: MAE(build_backbone(name, request), settings.mask_ratio),
-))
+register(
+    MethodSpec(
+        name="mae",
+        needs_pretraining=True,
+        description="MAE: masked autoencoder, mask ratio 0.75 (ViT backbones)",
+        backbone_families=("vit",),
+        views=1,
+        view_preset="crop_flip",
+        pretrain_defaults=ADAMW_PRETRAIN,
+        build_pretext=lambda name, request, settings: MAE(build_backbone(name, request), settings.mask_ratio),
+    )
+)

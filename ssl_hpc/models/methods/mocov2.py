@@ -34,10 +34,12 @@ class MoCoV2(PretextModel):
         self.momentum_encoder.update(self.encoder, progress)
 
 
-register(MethodSpec(
-    name="mocov2",
-    needs_pretraining=True,
-    description="MoCo v2: momentum encoder, memory bank of 4096 negatives",
-    pretrain_defaults=SGD_PRETRAIN,
-    build_pretext=lambda name, request, settings: MoCoV2(build_backbone(name, request)),
-))
+register(
+    MethodSpec(
+        name="mocov2",
+        needs_pretraining=True,
+        description="MoCo v2: momentum encoder, memory bank of 4096 negatives",
+        pretrain_defaults=SGD_PRETRAIN,
+        build_pretext=lambda name, request, settings: MoCoV2(build_backbone(name, request)),
+    )
+)

@@ -40,7 +40,13 @@ def register(spec: MethodSpec) -> MethodSpec:
 
 
 # Defaults shared by the contrastive family; the thesis trained SimCLR and MoCo v2 with SGD at lr 0.06.
-SGD_PRETRAIN = {"optimizer": "sgd", "lr": 0.06, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
-                "min_lr": 0.0}
+SGD_PRETRAIN = {
+    "optimizer": "sgd",
+    "lr": 0.06,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "cosine",
+    "min_lr": 0.0,
+}
 # ... and AIM and MAE with AdamW at 1.5e-4.
 ADAMW_PRETRAIN = {"optimizer": "adamw", "lr": 1.5e-4, "weight_decay": 0.05, "schedule": "cosine", "min_lr": 0.0}

@@ -33,13 +33,22 @@ class RotNet(PretextModel):
         return F.cross_entropy(self.classifier(self.backbone(images)).float(), labels)
 
 
-register(MethodSpec(
-    name="rotnet",
-    needs_pretraining=True,
-    description="RotNet: 4-way rotation prediction",
-    views=1,
-    view_preset="crop_flip",
-    pretrain_defaults={"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
-                       "min_lr": 0.0, "crop_scale_min": 0.6},
-    build_pretext=lambda name, request, settings: RotNet(build_backbone(name, request)),
-))
+register(
+    MethodSpec(
+        name="rotnet",
+        needs_pretraining=True,
+        description="RotNet: 4-way rotation prediction",
+        views=1,
+        view_preset="crop_flip",
+        pretrain_defaults={
+            "optimizer": "sgd",
+            "lr": 0.05,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+            "min_lr": 0.0,
+            "crop_scale_min": 0.6,
+        },
+        build_pretext=lambda name, request, settings: RotNet(build_backbone(name, request)),
+    )
+)

@@ -22,10 +22,12 @@ class SimCLR(PretextModel):
         return self.criterion(self.encoder(views[0]), self.encoder(views[1]))
 
 
-register(MethodSpec(
-    name="simclr",
-    needs_pretraining=True,
-    description="SimCLR: contrastive, NT-Xent over two augmented views",
-    pretrain_defaults=SGD_PRETRAIN,
-    build_pretext=lambda name, request, settings: SimCLR(build_backbone(name, request)),
-))
+register(
+    MethodSpec(
+        name="simclr",
+        needs_pretraining=True,
+        description="SimCLR: contrastive, NT-Xent over two augmented views",
+        pretrain_defaults=SGD_PRETRAIN,
+        build_pretext=lambda name, request, settings: SimCLR(build_backbone(name, request)),
+    )
+)
