@@ -36,7 +36,6 @@ per seed; a fusion costs the sum of its members (shares included).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import math
@@ -75,8 +74,8 @@ from ssl_hpc.evaluate.tables import (
     write_class_table,
     write_frame,
 )
+from ssl_hpc.files import exclusive_lock, ordinary_folder_mode
 from ssl_hpc.tracking import FINISHED, SweepTracker, git_state, pick_run, resolve_tracking_uri
-from ssl_hpc.train.checkpoint import current_umask
 
 log = logging.getLogger("ssl_hpc.aggregate")
 
@@ -963,15 +962,14 @@ def aggregate_sweep(sweep: SweepConfig, project_root: Path, tracking_uri: str | 
         )
     final = results_dir(sweep, project_root)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".{sweep.name}.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two aggregations of one sweep run one after the other
+    with exclusive_lock(final.parent / f".{sweep.name}.lock"):  # two aggregations of one sweep: one after the other
         refuse_foreign_folder(final)
         with tempfile.TemporaryDirectory(prefix="aggregate-") as downloads:
             records, notes = collect(tracker, Path(downloads), current_keys(sweep))
             if not records:
                 raise AggregationError(f"sweep {sweep.name!r} has no FINISHED fine-tune runs in {tracking_uri}")
             staging = Path(tempfile.mkdtemp(prefix=f".{sweep.name}.tmp-", dir=final.parent))
-            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the tables from the group
+            os.chmod(staging, ordinary_folder_mode())  # mkdtemp's 0700 would hide the tables from the group
             try:
                 result = _aggregate(sweep, tracker, records, notes, staging, project_root)
                 written = write_manifest(staging)

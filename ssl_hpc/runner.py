@@ -9,7 +9,6 @@ process died in between), so every epoch is in the history exactly once.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from ssl_hpc.config import RunConfig, RuntimeSettings
 from ssl_hpc.data.image_folder import ImageFolderSpec
 from ssl_hpc.data.loading import DatasetCache
 from ssl_hpc.explain.settings import CamSettings
+from ssl_hpc.files import atomic_write_text, is_locked, try_lock
 from ssl_hpc.jobs import Job
 from ssl_hpc.tracking import FAILED, FINISHED, KILLED, GitState, SweepTracker, flatten
 from ssl_hpc.train.checkpoint import save_atomic
@@ -110,46 +110,30 @@ def seed_everything(seed: int) -> None:
 
 
 class RunLock:
-    """An exclusive lock on a run's folder, released by the kernel if the process dies."""
+    """An exclusive lock on a run's folder, released by the kernel if the process dies. Who holds it
+    is written beside it (``lock.owner``), for a person looking at a run that seems stuck."""
 
     def __init__(self, workdir: Path):
         self.path = workdir / LOCK
-        self._file = None
+        self._lock = None
 
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.close()
-            self._file = None
+        self._lock = try_lock(self.path)
+        if self._lock is None:
             return False
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
-        self._file.flush()
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        atomic_write_text(self.path.with_name(f"{LOCK}.owner"), json.dumps(owner))
         return True
 
     def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @staticmethod
     def held(workdir: Path) -> bool:
         """Whether a live process holds the lock on ``workdir``."""
-        path = workdir / LOCK
-        if not path.is_file():
-            return False
-        with open(path) as file:
-            try:
-                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(file, fcntl.LOCK_UN)
-        return False
+        return is_locked(workdir / LOCK)
 
 
 def run_name(job: Job) -> str:

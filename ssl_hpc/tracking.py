@@ -8,7 +8,6 @@ runs can be tracked from one process and from many processes at once.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import logging
 import os
@@ -25,6 +24,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
 from mlflow import MlflowClient
+from ssl_hpc.files import exclusive_lock
 
 STORE_DIR = "mlflow"
 FINISHED, RUNNING, FAILED, KILLED = "FINISHED", "RUNNING", "FAILED", "KILLED"
@@ -138,13 +138,8 @@ def store_lock(tracking_uri: str):
     if database is None:
         yield
         return
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.parent / f".{database.name}.init-lock", "a+") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)
+    with exclusive_lock(database.parent / f".{database.name}.init-lock"):
+        yield
 
 
 def pick_run(runs: Iterable[Run]) -> Run | None:

@@ -65,6 +65,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ssl_hpc.data.splits import ImageSplit, LabeledDataset
+from ssl_hpc.files import write_once
 
 log = logging.getLogger(__name__)
 
@@ -436,10 +437,10 @@ def _load_or_make_split(root, pool, parameters, spec, data_root, cache_dir):
     text = json.dumps(payload, indent=1)
     path = root / name
     if _writable(root):
-        written = _write_once(path, text)
+        written = write_once(path, text)
     else:
         path = fallback
-        written = _write_once(path, text)
+        written = write_once(path, text)
         log.warning(
             "dataset folder %s is read-only: the split is saved in %s instead (copy it next to the data to "
             "share it with other machines)",
@@ -505,31 +506,6 @@ def _writable(folder: Path) -> bool:
             return True
     except OSError:
         return False
-
-
-def _write_once(path: Path, text: str) -> bool:
-    """Writes ``path`` atomically unless it exists; returns whether this call created it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        from ssl_hpc.train.checkpoint import current_umask
-
-        os.fchmod(handle, 0o666 & ~current_umask())  # mkstemp's 0600: the split unreadable to colleagues
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        try:
-            os.link(temporary, path)  # atomic, and fails if the file exists: never overwrites
-        except FileExistsError:
-            return False
-        except OSError:  # a filesystem without hard links
-            if path.exists():
-                return False
-            os.replace(temporary, path)
-        return True
-    finally:
-        Path(temporary).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- masks

@@ -22,7 +22,6 @@ run is FAILED in MLflow, the job FAILED in Slurm, and ``--status`` says why.
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import importlib.util
 import json
@@ -46,6 +45,7 @@ import submitit
 import yaml
 
 from ssl_hpc.config import ConfigError, SweepConfig, load_sweep
+from ssl_hpc.files import atomic_write_text, exclusive_lock
 from ssl_hpc.jobs import Job, order_jobs
 from ssl_hpc.launchers.settings import SlurmProfile
 from ssl_hpc.runner import RunContext, RunLock, run_job_when_free
@@ -270,12 +270,8 @@ def submission_lock(output_root: Path):
     """Two sweep commands on the same sweep at once would both submit the missing keys: one waits."""
     path = slurm_dir(output_root) / "submit.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)
+    with exclusive_lock(path):
+        yield
 
 
 # --------------------------------------------------------------------------- asking Slurm (batched)
@@ -664,9 +660,7 @@ def resolved_sweep_file(sweep: SweepConfig, output_root: Path) -> Path | None:
     """The sweep as resolved here (overrides applied), for the aggregation job; ``None`` if it does not round-trip."""
     path = slurm_dir(output_root) / "sweep.yaml"
     # Atomically: an aggregation job of an earlier submission may be reading it right now.
-    temporary = path.with_name(f".sweep.yaml.{os.getpid()}.tmp")
-    temporary.write_text(yaml.safe_dump(sweep.model_dump(mode="json", exclude_unset=True), sort_keys=False))
-    os.replace(temporary, path)
+    atomic_write_text(path, yaml.safe_dump(sweep.model_dump(mode="json", exclude_unset=True), sort_keys=False))
     try:
         if load_sweep(path) == sweep:
             return path

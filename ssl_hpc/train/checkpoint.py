@@ -7,36 +7,16 @@ of one. Loading uses ``weights_only=True``, so a checkpoint cannot execute code.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-
-def current_umask() -> int:
-    """The process's umask (reading it means setting it: put straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from ssl_hpc.files import atomic_write
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, 0o666 & ~current_umask())  # as an ordinary file would be (mkstemp makes it 0600)
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
