@@ -11,12 +11,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from ssl_hpc.config import apply_overrides, validate_sweep  # noqa: E402
-from ssl_hpc.data.medmnist import default_data_root  # noqa: E402
+from ssl_hpc.config import (  # noqa: E402
+    apply_overrides,
+    default_data_root,  # noqa: E402
+    validate_sweep,
+)
 from ssl_hpc.jobs import Job, expand_jobs  # noqa: E402
 from ssl_hpc.launchers.local import run_local  # noqa: E402
-from ssl_hpc.runner import RunContext  # noqa: E402
 from ssl_hpc.tracking import SweepTracker  # noqa: E402
+from ssl_hpc.train.handle import RunContext  # noqa: E402
 
 
 def run_sweep_in_temporary_store(

@@ -28,9 +28,9 @@ import torch
 from lightly.transforms import SimCLRTransform
 
 import _common  # noqa: F401  (puts the project on sys.path)
-from ssl_hpc.config import PretrainSettings
+from ssl_hpc.config import PretrainSettings, default_data_root
 from ssl_hpc.data.augment import view_augmentation
-from ssl_hpc.data.medmnist import default_data_root, load_medmnist
+from ssl_hpc.data.medmnist import load_medmnist
 from ssl_hpc.models.backbones import BackboneRequest
 from ssl_hpc.models.classifier import Preprocess
 from ssl_hpc.models.methods import METHODS

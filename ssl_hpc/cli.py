@@ -8,14 +8,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from ssl_hpc.config import BACKENDS, ConfigError, SweepConfig, load_sweep
+from ssl_hpc.config import BACKENDS, ConfigError, SweepConfig, default_data_root, load_sweep
 from ssl_hpc.data.image_folder import DatasetFolderError
 from ssl_hpc.data.loading import ensure_dataset
-from ssl_hpc.data.medmnist import DatasetMissingError, default_data_root
-from ssl_hpc.jobs import Job, expand_jobs
+from ssl_hpc.data.medmnist import DatasetMissingError
+from ssl_hpc.jobs import Job, check_registered_names, expand_jobs
 from ssl_hpc.models.pretrained import PretrainedWeightsMissing, ensure_weights
-from ssl_hpc.runner import RunContext
 from ssl_hpc.tracking import SweepTracker, git_state, resolve_tracking_uri
+from ssl_hpc.train.handle import RunContext
 
 log = logging.getLogger("ssl_hpc")
 
@@ -95,6 +95,7 @@ def sweep_main(argv: list[str], project_root: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         sweep = load_sweep(args.sweep, args.overrides)
+        check_registered_names(sweep, source=args.sweep)
         jobs = expand_jobs(sweep)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

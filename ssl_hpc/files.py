@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from filelock import FileLock, Timeout
 
@@ -65,6 +65,20 @@ def atomic_write(path: str | Path, write: Callable[[IO], object], binary: bool =
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda file: file.write(text), binary=False)
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """Saves ``obj`` with ``torch.save``, atomically: a checkpoint that survives a kill at any instant."""
+    import torch  # here, not at the top: the launcher side of the package needs no torch
+
+    return atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
+    """Loads what :func:`save_atomic` saved, with ``weights_only=True``: a checkpoint cannot run code."""
+    import torch
+
+    return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
 def write_once(path: str | Path, text: str) -> bool:

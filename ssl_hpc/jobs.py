@@ -24,7 +24,9 @@ from ssl_hpc.config import (
     StageSettings,
     SweepConfig,
 )
-from ssl_hpc.models.backbones import BACKBONE_FAMILIES
+from ssl_hpc.data.class_weights import CLASS_WEIGHT_RULES, is_known_rule
+from ssl_hpc.evaluate.fusion import FUSION_RULES
+from ssl_hpc.models.backbones import BACKBONE_FAMILIES, BACKBONES
 from ssl_hpc.models.methods import METHODS
 from ssl_hpc.models.pretrained import IMAGENET, IMAGENET_WEIGHTS
 
@@ -54,7 +56,7 @@ class Job:
         return self.config.stage
 
     def tags(self, sweep_name: str) -> dict[str, str]:
-        """The MLflow tags every run carries (DESIGN.md)."""
+        """The MLflow tags every run carries (docs/conventions.md)."""
         config = self.config
 
         def text(value: object) -> str:
@@ -173,8 +175,62 @@ def _entries(sweep: SweepConfig) -> list[_Entry]:
     return entries
 
 
+def registry_errors(sweep: SweepConfig) -> list[tuple[str, str]]:
+    """(field, message) for every name the sweep gives that no registry knows: methods, backbones,
+    class-weight rules, fusion rules. Checked here, where the registries are, so that the schema
+    (:mod:`ssl_hpc.config`) imports none of them."""
+    methods = ", ".join(sorted(METHODS))
+    errors = []
+
+    def check(field: str, value: str, registry, what: str) -> None:
+        if value not in registry:
+            errors.append((field, f"unknown {what} {value!r}; accepted: {', '.join(sorted(registry))}"))
+
+    for index, method in enumerate(sweep.grid.method):
+        check(f"grid.method[{index}]", method, METHODS, "method")
+    for index, backbone in enumerate(sweep.grid.backbone):
+        check(f"grid.backbone[{index}]", backbone, BACKBONES, "backbone")
+    for index, rule in enumerate(sweep.grid.class_weight):
+        if not is_known_rule(rule):
+            errors.append(
+                (
+                    f"grid.class_weight[{index}]",
+                    f"unknown class weight rule {rule!r}; accepted: {', '.join(CLASS_WEIGHT_RULES)}, "
+                    "or critical:<class>=<weight> (e.g. critical:COVID=3)",
+                )
+            )
+    for name in sweep.methods:
+        check(f"methods.{name}", name, METHODS, "method")
+    for section, entries in (("methods", sweep.methods), ("variants", sweep.variants)):
+        for name, overrides in entries.items():
+            for index, backbone in enumerate(overrides.backbone or []):
+                check(f"{section}.{name}.backbone[{index}]", backbone, BACKBONES, "backbone")
+    for name, variant in sweep.variants.items():
+        check(f"variants.{name}.method", variant.method, METHODS, "method")
+        if name in METHODS:
+            errors.append(
+                (
+                    f"variants.{name}",
+                    f"variant name {name!r} is a method's name ({methods}); give the variant its own name",
+                )
+            )
+    for index, rule in enumerate(sweep.aggregate.rules):
+        check(f"aggregate.rules[{index}]", rule, FUSION_RULES, "fusion rule")
+    check("aggregate.reference", sweep.aggregate.reference, METHODS, "reference method")
+    return errors
+
+
+def check_registered_names(sweep: SweepConfig, source: str = "sweep") -> None:
+    """Raises :class:`ConfigError` naming every field whose name no registry knows."""
+    errors = registry_errors(sweep)
+    if errors:
+        raise ConfigError("\n".join(f"{source}: {field}: {message}" for field, message in errors))
+
+
 def expand_jobs(sweep: SweepConfig) -> list[Job]:
-    """All jobs of the sweep, pretraining jobs first, each pretraining job listed once."""
+    """All jobs of the sweep, pretraining jobs first, each pretraining job listed once. Refuses names
+    no registry knows (:func:`check_registered_names`) before anything else."""
+    check_registered_names(sweep)
     grid = sweep.grid
     pretrain_jobs: dict[str, Job] = {}
     finetune_jobs: dict[str, Job] = {}

@@ -17,83 +17,24 @@ import socket
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from mlflow.entities import Run
 
-from ssl_hpc.config import RunConfig, RuntimeSettings
-from ssl_hpc.data.image_folder import ImageFolderSpec
+from ssl_hpc.config import RunConfig
 from ssl_hpc.data.loading import DatasetCache
-from ssl_hpc.explain.settings import CamSettings
 from ssl_hpc.files import atomic_write_text, is_locked, try_lock
 from ssl_hpc.jobs import Job
-from ssl_hpc.tracking import FAILED, FINISHED, KILLED, GitState, SweepTracker, flatten
-from ssl_hpc.train.checkpoint import save_atomic
+from ssl_hpc.tracking import FAILED, FINISHED, KILLED, SweepTracker, flatten
+from ssl_hpc.train.handle import RunContext, RunHandle
 from ssl_hpc.train.loop import LAST, Precision
 
 log = logging.getLogger(__name__)
 
 LOCK = "lock"
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What every job of a sweep shares, resolved once where the sweep is launched."""
-
-    sweep_name: str
-    tracking_uri: str
-    output_root: Path
-    data_root: Path
-    runtime: RuntimeSettings = RuntimeSettings()
-    git: GitState | None = None
-    progress: bool = False
-    extra_tags: Mapping[str, str] = field(default_factory=dict)
-    datasets: Mapping[str, ImageFolderSpec] = field(default_factory=dict)  # the sweep's declared image folders
-    cam: CamSettings = CamSettings()  # CAM figures and scores after each fine-tune run
-    # Called after each epoch's metrics are logged (launch/tune.py reports them to Ray Tune). Not pickled
-    # across machines: set it where the job runs.
-    on_epoch: Callable[[Job, int, Mapping[str, float]], None] | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass
-class RunHandle:
-    """An open MLflow run and the folder where the job keeps its checkpoints."""
-
-    job: Job
-    tracker: SweepTracker
-    run_id: str
-    workdir: Path
-    precision: Precision
-    context: RunContext
-
-    def log_history(self, history: list[dict[str, float]]) -> None:
-        """On resume: logs every epoch of ``history`` that MLflow does not have yet (after a crash, some)."""
-        if history:
-            self.tracker.set_tags(self.run_id, {"resumed_after_epoch": str(int(history[-1]["epoch"]))})
-        logged = set(self.tracker.logged_steps(self.run_id, "train_loss"))
-        for entry in history:
-            epoch = int(entry["epoch"])
-            if epoch not in logged:
-                self.log_epoch(epoch, entry)
-
-    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        values = {name: value for name, value in metrics.items() if name != "epoch"}
-        self.tracker.log_metrics(self.run_id, values, step=epoch)
-        if self.context.on_epoch is not None:
-            self.context.on_epoch(self.job, epoch, values)
-
-    def artifact_dir(self) -> Path:
-        path = self.workdir / "artifacts"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
-        for path in paths:
-            self.tracker.log_artifact(self.run_id, path, artifact_path)
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -160,9 +101,7 @@ def _open_run(tracker: SweepTracker, job: Job, context: RunContext, workdir: Pat
         tracker.set_tags(run_id, {**tags, "attempts": str(attempts)})
         if "error_type" in existing.data.tags:  # the interruption being resumed from is history now
             tracker.set_tags(run_id, {"previous_error_type": existing.data.tags["error_type"]})
-            for name in ("error", "error_type"):
-                if name in existing.data.tags:
-                    tracker.client.delete_tag(run_id, name)
+            tracker.delete_tags(run_id, ("error", "error_type"), existing.data.tags)
         log.info("%s: resuming MLflow run %s (attempt %d)", job.key, run_id, attempts)
         return run_id
     if existing is not None:
@@ -259,12 +198,3 @@ def run_job_when_free(
         if outcome != "busy" or (deadline is not None and time.monotonic() > deadline):
             return outcome
         time.sleep(poll_s)
-
-
-def write_json(path: Path, payload: object) -> Path:
-    path.write_text(json.dumps(payload, indent=2, default=float))
-    return path
-
-
-def save_model(state: Mapping[str, torch.Tensor], path: Path) -> Path:
-    return save_atomic({name: tensor.detach().cpu() for name, tensor in state.items()}, path)

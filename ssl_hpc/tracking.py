@@ -1,4 +1,4 @@
-"""The MLflow conventions of DESIGN.md, in one place.
+"""The MLflow conventions of docs/conventions.md, in one place.
 
 Experiment = sweep name. One MLflow run per run key, found again by its ``key`` tag: that is what
 makes re-running a sweep skip finished runs and resume unfinished ones into the same run. Every
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
-from mlflow import MlflowClient
 from ssl_hpc.files import exclusive_lock
 
 STORE_DIR = "mlflow"
@@ -239,6 +239,17 @@ class SweepTracker:
 
     def logged_steps(self, run_id: str, metric: str) -> list[int]:
         return [entry.step for entry in self.client.get_metric_history(run_id, metric)]
+
+    def metric_history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
+        """(step, value) of every logged value of ``metric``, in logging order."""
+        return [(entry.step, entry.value) for entry in self.client.get_metric_history(run_id, metric)]
+
+    def delete_tags(self, run_id: str, names: Iterable[str], present: Mapping[str, str]) -> None:
+        """Deletes those of ``names`` that are in ``present`` (the run's tags): MLflow refuses to delete a
+        tag that is not there."""
+        for name in names:
+            if name in present:
+                self.client.delete_tag(run_id, name)
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)

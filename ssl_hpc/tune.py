@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from ssl_hpc.config import ConfigError, SweepConfig, apply_overrides, read_yaml, validate_sweep
+from ssl_hpc.config.cluster import Distribution, TuneSettings
 from ssl_hpc.jobs import Job, expand_jobs, order_jobs
-from ssl_hpc.launchers.settings import Distribution, TuneSettings
-from ssl_hpc.runner import RunContext, run_job, run_job_when_free
+from ssl_hpc.runner import run_job, run_job_when_free
 from ssl_hpc.tracking import KILLED, RUNNING, SweepTracker
+from ssl_hpc.train.handle import RunContext
 
 log = logging.getLogger("ssl_hpc.tune")
 
@@ -152,8 +153,8 @@ def tune_trial(config: dict[str, Any], raw: dict[str, Any], context: RunContext,
             run = tracker.run_for_key(job.key)
             history: dict[int, dict[str, float]] = {}
             for name in ("train_loss", "val_loss", "val_acc", "val_balanced_acc", "val_auc"):
-                for metric in tracker.client.get_metric_history(run.info.run_id, name):
-                    history.setdefault(metric.step, {})[name] = metric.value
+                for step, value in tracker.metric_history(run.info.run_id, name):
+                    history.setdefault(step, {})[name] = value
             for epoch in sorted(history):
                 report(job, epoch, history[epoch])
     for result in held:
@@ -183,9 +184,7 @@ def finalize_stopped(tracker: SweepTracker, trials: dict[str, tuple[str, bool]])
                 },
             )
             if run.data.tags.get("error_type") in ("SystemExit", "KeyboardInterrupt"):
-                for name in ("error", "error_type"):
-                    if name in run.data.tags:
-                        tracker.client.delete_tag(run.info.run_id, name)
+                tracker.delete_tags(run.info.run_id, ("error", "error_type"), run.data.tags)
             if run.info.status == RUNNING:
                 tracker.finish(run.info.run_id, KILLED)
             statuses[key] = KILLED

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from mlflow import MlflowClient
 from ssl_hpc.aggregate import main
 from ssl_hpc.evaluate.fusion import EPS
 from ssl_hpc.evaluate.metrics import classification_metrics

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_hpc.explain import resolve_target
-from ssl_hpc.explain.cams import compute_cams
+from ssl_hpc.explain.cams import compute_cams, resolve_target
 from ssl_hpc.explain.localization import energy_inside
 from ssl_hpc.models.backbones import BackboneRequest, build_backbone
 from ssl_hpc.models.classifier import Classifier, Preprocess, build_head

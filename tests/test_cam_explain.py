@@ -10,10 +10,12 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from ssl_hpc.config import CamSettings
 from ssl_hpc.data.splits import ImageSplit
-from ssl_hpc.explain import CamSettings, compare_models_figure, explain_classifier, resolve_target
-from ssl_hpc.explain.cams import compute_cams
+from ssl_hpc.explain.cams import compute_cams, resolve_target
 from ssl_hpc.explain.faithfulness import FastNoisyLinearImputer, topk_binary_maps
+from ssl_hpc.explain.figures import compare_models_figure
+from ssl_hpc.explain.run import explain_classifier
 from ssl_hpc.models.backbones import Backbone, BackboneInfo, BackboneRequest, build_backbone
 from ssl_hpc.models.classifier import Classifier, Preprocess, build_head
 

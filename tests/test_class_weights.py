@@ -70,8 +70,9 @@ def test_critical_class_weight_by_name_or_index():
 
 def test_critical_rule_syntax_is_checked_in_the_grid():
     from ssl_hpc.config import ConfigError, validate_sweep
+    from ssl_hpc.jobs import expand_jobs
 
     base = {"name": "x", "grid": {"dataset": ["pneumoniamnist"], "method": ["supervised"]}}
     validate_sweep({**base, "grid": {**base["grid"], "class_weight": ["critical:pneumonia=2"]}})
     with pytest.raises(ConfigError, match=r"grid.class_weight.*critical:<class>=<weight>"):
-        validate_sweep({**base, "grid": {**base["grid"], "class_weight": ["critical:pneumonia"]}})
+        expand_jobs(validate_sweep({**base, "grid": {**base["grid"], "class_weight": ["critical:pneumonia"]}}))

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ssl_hpc.config import ConfigError, apply_overrides, load_sweep, validate_sweep
-from ssl_hpc.jobs import expand_jobs, order_jobs, run_key
+from ssl_hpc.jobs import check_registered_names, expand_jobs, order_jobs, run_key
 
 SMOKE = Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml"
 
@@ -185,8 +185,8 @@ def test_order_puts_dependencies_first():
 
 
 def error_for(raw: dict) -> str:
-    with pytest.raises(ConfigError) as caught:
-        validate_sweep(raw, source="bad.yaml")
+    with pytest.raises(ConfigError) as caught:  # the schema, then the registries' names
+        check_registered_names(validate_sweep(raw, source="bad.yaml"), source="bad.yaml")
     return str(caught.value)
 
 
@@ -245,3 +245,24 @@ def test_yaml_that_is_not_a_mapping(tmp_path):
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match="dotted.key=value"):
         load_sweep(SMOKE, ["finetune.epochs"])
+
+
+def test_the_medmnist_table_matches_the_medmnist_package():
+    """The schema lists MedMNIST's names itself (the package imports torch): they must agree."""
+    from medmnist import INFO
+
+    from ssl_hpc.config import MEDMNIST_2D_TASKS
+
+    assert MEDMNIST_2D_TASKS == {name: info["task"] for name, info in INFO.items() if not name.endswith("3d")}
+
+
+def test_the_config_is_a_leaf_and_a_sweep_validates_without_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ssl_hpc.config as c; c.load_sweep(sys.argv[1]); "
+        "heavy = [m for m in ('torch', 'mlflow', 'ray', 'lightly') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code, str(SMOKE)], check=True)

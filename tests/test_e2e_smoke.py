@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from conftest import PROJECT_ROOT, run_sweep_cli
-from mlflow import MlflowClient
-from ssl_hpc.train.checkpoint import load_checkpoint
+from ssl_hpc.files import load_checkpoint
 
 pytestmark = pytest.mark.e2e
 

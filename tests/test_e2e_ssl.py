@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from conftest import require_real_data, run_sweep_cli
-from mlflow import MlflowClient
 
 pytestmark = pytest.mark.e2e
 METHODS = {"simclr", "mocov2", "aim", "mae", "rotnet"}

@@ -131,7 +131,6 @@ def test_unknown_module_name_is_refused_with_examples():
 def test_knn_needs_no_optimiser_and_trains_nothing(tmp_path, data_root, sweep_here, monkeypatch):
     """A k-NN fine-tune job on real PneumoniaMNIST with every optimiser made to fail: it still finishes."""
     import yaml
-
     from mlflow import MlflowClient
 
     def no_optimiser(*args, **kwargs):

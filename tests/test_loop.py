@@ -11,7 +11,7 @@ from torch import nn
 
 from ssl_hpc.config import FinetuneSettings, StageSettings
 from ssl_hpc.data.splits import ImageSplit
-from ssl_hpc.train.checkpoint import load_checkpoint, save_atomic
+from ssl_hpc.files import load_checkpoint, save_atomic
 from ssl_hpc.train.loop import LAST, Precision, batch_order, batches, fit
 from ssl_hpc.train.optim import lr_at_epoch
 

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from conftest import run_sweep_cli, slurm_records
-from mlflow import MlflowClient
+from ssl_hpc.files import load_checkpoint
 from ssl_hpc.models.methods import METHODS
-from ssl_hpc.train.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from mlflow import MlflowClient
 
 from conftest import run_sweep_cli
-from mlflow import MlflowClient
 from ssl_hpc.models.methods import METHODS
 
 pytestmark = pytest.mark.e2e

@@ -8,9 +8,9 @@ import shutil
 import subprocess
 
 import pytest
+from mlflow import MlflowClient
 
 from conftest import PROJECT_ROOT, run_sweep_cli, slurm_records
-from mlflow import MlflowClient
 from ssl_hpc.models.methods import METHODS
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]

@@ -19,9 +19,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from conftest import PROJECT_ROOT
-from mlflow import MlflowClient
 
 WRITERS = 8
 STEPS = 25

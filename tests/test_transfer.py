@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from mlflow import MlflowClient
+
 from ssl_hpc.cli import sweep_main
+from ssl_hpc.files import load_checkpoint
 from ssl_hpc.models.backbones import BackboneRequest, build_backbone
-from ssl_hpc.train.checkpoint import load_checkpoint
 from test_image_folder import COVID_CLASSES, make_class_folders, make_split_folders
 
 SIZE = 28

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from mlflow import MlflowClient
 
 from conftest import PROJECT_ROOT
-from mlflow import MlflowClient
 
 pytestmark = pytest.mark.e2e
 

@@ -39,14 +39,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssl_hpc.config.stages import DEFAULT_DUPLICATE_MIN_CORRELATION, DEFAULT_DUPLICATE_THRESHOLD
 from ssl_hpc.data.splits import LabeledDataset
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SPLIT_PAIRS: tuple[tuple[str, str], ...] = (("train", "val"), ("train", "test"), ("val", "test"))
-DEFAULT_THRESHOLD = 8  # pHash bits; calibrated on PneumoniaMNIST at 28 px (see the module docstring)
-DEFAULT_MIN_CORRELATION = 0.98  # of the 16 x 16 thumbnails, confirming a hash match
+# pHash bits, calibrated on PneumoniaMNIST at 28 px (see the module docstring); the correlation of the 16 x 16
+# thumbnails that confirms a hash match. The sweep's data: section defaults to them.
+DEFAULT_THRESHOLD = DEFAULT_DUPLICATE_THRESHOLD
+DEFAULT_MIN_CORRELATION = DEFAULT_DUPLICATE_MIN_CORRELATION
 HASH_SIZE = 8  # 8 x 8 low frequencies -> 64 bits
 DCT_SIZE = 32  # hashed from the 32 x 32 grayscale downsample
 THUMB_SIZE = 16  # pairs are confirmed on the 16 x 16 grayscale thumbnails

@@ -7,7 +7,6 @@ error says which file is missing and where to put it (fetch it on the login node
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -15,22 +14,15 @@ import numpy as np
 import torch
 from medmnist import INFO
 
+from ssl_hpc.config.datasets import MEDMNIST_2D, default_data_root
 from ssl_hpc.data.splits import ImageSplit, LabeledDataset
 
-MEDMNIST_2D: tuple[str, ...] = tuple(name for name in INFO if not name.endswith("3d"))
-SINGLE_LABEL: tuple[str, ...] = tuple(name for name in MEDMNIST_2D if not INFO[name]["task"].startswith("multi-label"))
 SIZES = (28, 64, 128, 224)
 DOWNLOAD_HOST = ("zenodo.org", 443)
 
 
 class DatasetMissingError(FileNotFoundError):
     """The dataset file is not in the data root and could not be downloaded."""
-
-
-def default_data_root(configured: str | None = None) -> Path:
-    """The sweep's ``data_root`` if set, else ``MEDMNIST_ROOT``, else ``~/.medmnist``."""
-    root = configured or os.environ.get("MEDMNIST_ROOT") or "~/.medmnist"
-    return Path(root).expanduser().resolve()
 
 
 def medmnist_filename(name: str, size: int) -> str:

@@ -14,12 +14,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ssl_hpc.evaluate.plots import draw_confusion_matrix  # noqa: E402
 
@@ -31,7 +29,7 @@ def line_styles(names: Sequence[str]) -> dict[str, tuple]:
     """name -> (colour, line style): one colour per model (or fusion rule), one style per fine-tune mode."""
     families: list[str] = []
     styles = {}
-    palette = plt.get_cmap("tab10")
+    palette = matplotlib.colormaps["tab10"]
     for name in names:
         family, _, mode = name.rpartition("/") if "/" in name else (name, "", "")
         if family not in families:
@@ -50,7 +48,6 @@ def _save(figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path
 
 
@@ -66,7 +63,8 @@ def plot_class_bars(
     models = list(means.columns)
     width = 0.8 / max(len(models), 1)
     positions = np.arange(len(classes))
-    figure, axes = plt.subplots(figsize=(max(7.0, 0.3 * len(classes) * len(models) + 4.0), 4.2))
+    figure = Figure(figsize=(max(7.0, 0.3 * len(classes) * len(models) + 4.0), 4.2))
+    axes = figure.subplots()
     styles = line_styles(models)
     for index, model in enumerate(models):
         errors = stds[model].to_numpy(dtype=float) if stds is not None else None
@@ -104,7 +102,8 @@ def plot_val_curves(
     metric: str = "val_acc",
 ) -> Path:
     """``curves``: model -> one (epochs, values) per seed; the line is the mean over seeds."""
-    figure, axes = plt.subplots(figsize=(8.5, 4.2))
+    figure = Figure(figsize=(8.5, 4.2))
+    axes = figure.subplots()
     styles = line_styles(list(curves))
     for model, per_seed in curves.items():
         colour, style = styles[model]
@@ -135,7 +134,8 @@ def plot_confusion_grid(
     columns = min(4, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / columns))
     side = max(3.2, 0.35 * len(class_names) + 1.8)
-    figure, axes = plt.subplots(rows, columns, figsize=(side * columns, side * rows), squeeze=False)
+    figure = Figure(figsize=(side * columns, side * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.flat[len(names) :]:
         axis.axis("off")
     for axis, name in zip(axes.flat, names):
@@ -152,7 +152,8 @@ def plot_accuracy_vs_labels(
     ylabel: str = "accuracy (%)",
 ) -> Path:
     """``lines``: model -> points (number of labels, budget label, mean, std); x on a log scale."""
-    figure, axes = plt.subplots(figsize=(8.5, 4.2))
+    figure = Figure(figsize=(8.5, 4.2))
+    axes = figure.subplots()
     styles = line_styles(list(lines))
     ticks: dict[float, str] = {}
     for model, points in lines.items():

@@ -27,7 +27,6 @@ Rules (``FUSION_RULES``):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,6 @@ import numpy as np
 FUSION_RULES = ("product", "mean", "vote", "max_confidence", "stacking", "greedy")
 FITTED_RULES = ("stacking", "greedy")
 GREEDY_METRICS = ("accuracy", "mean_class_accuracy")
-FUSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 EPS = 1e-12
 
 

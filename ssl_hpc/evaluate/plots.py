@@ -5,11 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def draw_confusion_matrix(
@@ -35,11 +32,11 @@ def draw_confusion_matrix(
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> Path:
     size = max(4.0, 0.6 * len(class_names) + 2.5)
-    figure, axes = plt.subplots(figsize=(size, size))
+    figure = Figure(figsize=(size, size))
+    axes = figure.subplots()
     draw_confusion_matrix(axes, matrix, class_names, title or "confusion matrix (test)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 
@@ -50,7 +47,8 @@ def plot_curves(
     losses = [name for name in ("train_loss", "val_loss") if any(name in entry for entry in history)]
     scores = [name for name in ("val_acc", "val_balanced_acc") if any(name in entry for entry in history)]
     panels = 2 if scores else 1
-    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
+    figure = Figure(figsize=(5 * panels, 3.6))
+    axes = figure.subplots(1, panels, squeeze=False)
     for name in losses:
         axes[0, 0].plot(epochs, [entry.get(name, np.nan) for entry in history], marker="o", label=name)
     axes[0, 0].set_xlabel("epoch")
@@ -68,5 +66,4 @@ def plot_curves(
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path

@@ -13,11 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure
 from pytorch_grad_cam.utils.image import show_cam_on_image  # noqa: E402
 
 DPI = 100
@@ -66,7 +63,7 @@ def _mosaic(
         for column, panel in enumerate(panels):
             left = GAP + column * (size + GAP)
             canvas[top : top + size, left : left + size] = panel
-    figure = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     axis = figure.add_axes((0, 0, 1, 1))
     axis.imshow(canvas, interpolation="nearest")
     axis.set_xlim(-0.5, width - 0.5)
@@ -166,7 +163,8 @@ def confidence_histograms(
     count = len(class_names)
     columns = min(4, count)
     rows = int(np.ceil(count / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.3 * rows + 0.4), squeeze=False, dpi=DPI)
+    figure = Figure(figsize=(3.0 * columns, 2.3 * rows + 0.4), dpi=DPI)
+    axes = figure.subplots(rows, columns, squeeze=False)
     figure.subplots_adjust(
         left=0.08, right=0.98, bottom=0.16 / rows, top=1 - 0.32 / (rows + 0.4), hspace=0.55, wspace=0.3
     )
@@ -194,5 +192,4 @@ def _save(figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI)
-    plt.close(figure)
     return path

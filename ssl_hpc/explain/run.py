@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssl_hpc.config import CamSettings
 from ssl_hpc.data.augment import to_unit_float
 from ssl_hpc.data.splits import ImageSplit
 from ssl_hpc.explain.cams import compute_cams, metric_slug, resolve_target
 from ssl_hpc.explain.faithfulness import faithfulness_scores
 from ssl_hpc.explain.figures import class_grid_figure, confidence_histograms
 from ssl_hpc.explain.localization import localization_scores
-from ssl_hpc.explain.settings import CamSettings
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from tqdm.auto import tqdm
 
 from ssl_hpc.data.loading import DatasetCache
 from ssl_hpc.jobs import Job, order_jobs
-from ssl_hpc.runner import RunContext, run_job
+from ssl_hpc.runner import run_job
+from ssl_hpc.train.handle import RunContext
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_hpc.config import ConfigError, SweepConfig, read_yaml, validate_model
-from ssl_hpc.launchers.settings import PROFILE_NAME, SlurmProfile
+from ssl_hpc.config.cluster import PROFILE_NAME, SlurmProfile
 
 PROFILE_DIR = Path("slurm") / "profiles"
 PROFILE_ENV = "SSL_HPC_SLURM_PROFILE"

@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ssl_hpc.config import ConfigError
+from ssl_hpc.config import ConfigError, RaySettings
 from ssl_hpc.jobs import Job, order_jobs
-from ssl_hpc.launchers.settings import RaySettings
-from ssl_hpc.runner import RunContext, run_job
+from ssl_hpc.runner import run_job
+from ssl_hpc.train.handle import RunContext
 
 log = logging.getLogger(__name__)
 

@@ -44,13 +44,13 @@ from typing import Any
 import submitit
 import yaml
 
-from ssl_hpc.config import ConfigError, SweepConfig, load_sweep
+from ssl_hpc.config import ConfigError, SlurmProfile, SweepConfig, load_sweep
 from ssl_hpc.files import atomic_write_text, exclusive_lock
 from ssl_hpc.jobs import Job, order_jobs
-from ssl_hpc.launchers.settings import SlurmProfile
-from ssl_hpc.runner import RunContext, RunLock, run_job_when_free
+from ssl_hpc.runner import RunLock, run_job_when_free
 from ssl_hpc.status import JobStatus, classify
 from ssl_hpc.tracking import FAILED, FINISHED, SweepTracker, local_database
+from ssl_hpc.train.handle import RunContext
 from ssl_hpc.train.loop import LAST
 
 log = logging.getLogger(__name__)

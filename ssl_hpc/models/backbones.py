@@ -43,9 +43,6 @@ class Backbone(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)
 
-    def stage_modules(self) -> list[nn.Module]:
-        return [self.body.get_submodule(name) for name in self.info.stages]
-
 
 @dataclass(frozen=True)
 class BackboneRequest:

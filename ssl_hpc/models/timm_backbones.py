@@ -55,7 +55,3 @@ def _timm_cnn(name: str, request: BackboneRequest) -> Backbone:
 
 for _name in TIMM_CNNS:
     register_backbone(_name, "cnn")(lambda request, _name=_name: _timm_cnn(_name, request))
-
-
-def timm_architecture(name: str) -> str:
-    return TIMM_CNNS[name][0]

@@ -21,8 +21,8 @@ from ssl_hpc.evaluate.metrics import classification_metrics, confusion
 from ssl_hpc.evaluate.plots import plot_confusion_matrix, plot_curves
 from ssl_hpc.evaluate.predict import predict_logits, softmax_numpy
 from ssl_hpc.models.factory import build_classifier
-from ssl_hpc.runner import RunHandle, save_model
 from ssl_hpc.train.finetune import ClassificationTask, class_weight_tensor, configure_trainable, count_trainable
+from ssl_hpc.train.handle import RunHandle, save_model
 from ssl_hpc.train.loop import fit
 
 
@@ -77,7 +77,7 @@ def log_cams(handle: RunHandle, model, test: ImageSplit, probs: np.ndarray, data
     settings = handle.context.cam
     if not settings.enabled or handle.job.config.finetune == "knn":  # a k-NN vote has no head to explain
         return
-    from ssl_hpc.explain import explain_classifier
+    from ssl_hpc.explain.run import explain_classifier
 
     masks = dataset.masks.get("test") if dataset.masks else None
     metrics, paths = explain_classifier(

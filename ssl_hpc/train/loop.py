@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ssl_hpc.config import StageSettings
 from ssl_hpc.data.splits import ImageSplit
-from ssl_hpc.train.checkpoint import load_checkpoint, save_atomic
+from ssl_hpc.files import load_checkpoint, save_atomic
 from ssl_hpc.train.optim import build_optimizer, lr_at_epoch, set_lr
 
 log = logging.getLogger(__name__)

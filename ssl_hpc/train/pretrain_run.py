@@ -13,12 +13,12 @@ from ssl_hpc.data.loading import DatasetCache
 from ssl_hpc.data.splits import ImageSplit, LabeledDataset
 from ssl_hpc.evaluate.knn import extract_features, knn_probs
 from ssl_hpc.evaluate.plots import plot_curves
+from ssl_hpc.files import load_checkpoint
 from ssl_hpc.models.factory import backbone_request, build_backbone_for, preprocess_for
 from ssl_hpc.models.methods import METHODS
 from ssl_hpc.models.pretrained import load_pretrained
-from ssl_hpc.runner import RunHandle, save_model
 from ssl_hpc.tracking import FINISHED
-from ssl_hpc.train.checkpoint import load_checkpoint
+from ssl_hpc.train.handle import RunHandle, save_model
 from ssl_hpc.train.loop import fit
 from ssl_hpc.train.pretrain import PretextTask
 

@@ -1,7 +1,6 @@
 """Typed settings of the cluster backends: Slurm profiles, a sweep's ``slurm:``, ``ray:`` and ``tune:`` sections.
 
-Kept free of imports from the rest of the package so :mod:`ssl_hpc.config` can embed these sections in
-:class:`~ssl_hpc.config.SweepConfig` (and validate them with the sweep, before anything is submitted).
+They are validated with the sweep, before anything is submitted.
 
 A cluster profile (``slurm/profiles/<name>.yaml``) says what one job asks of the cluster; a sweep picks
 one with ``slurm.profile`` and may override any of its fields next to it::
@@ -17,6 +16,8 @@ import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ssl_hpc.config.base import Strict
 
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SBATCH_LINE = re.compile(r"^(?:#SBATCH\s+)?--(?P<key>[a-z][a-z0-9-]*)(?:[= ](?P<value>.+))?$")
@@ -49,11 +50,7 @@ def _slurm_name(value: str | None) -> str | None:
     return value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AggregateResources(_Strict):
+class AggregateResources(Strict):
     """The final aggregation job (``launch/aggregate.py`` after every run, ``afterany``) and what it asks for
     (it reads MLflow and writes tables: no GPU). ``enabled: false`` submits none."""
 
@@ -69,7 +66,7 @@ class AggregateResources(_Strict):
         return _slurm_name(value)
 
 
-class SlurmProfile(_Strict):
+class SlurmProfile(Strict):
     """One cluster: where jobs go and what each asks for. Every field has a default; unknown fields are refused."""
 
     description: str = ""
@@ -172,7 +169,7 @@ class SlurmSettings(BaseModel):
         return dict(self.model_extra or {})
 
 
-class RaySettings(_Strict):
+class RaySettings(Strict):
     """``--backend ray``: where the Ray cluster is and what each run asks of it.
 
     ``address: null`` starts a private local instance (bound to 127.0.0.1) and stops it afterwards;
@@ -188,7 +185,7 @@ class RaySettings(_Strict):
     max_retries: int = Field(2, ge=0, description="re-runs of a task whose worker died (not of an exception)")
 
 
-class Distribution(_Strict):
+class Distribution(Strict):
     """One dimension of a Tune search space: exactly one of these."""
 
     loguniform: tuple[float, float] | None = None
@@ -217,17 +214,17 @@ class Distribution(_Strict):
         return next(name for name in type(self).model_fields if getattr(self, name) is not None)
 
 
-class AshaSettings(_Strict):
+class AshaSettings(Strict):
     grace_period: int = Field(1, ge=1)
     max_t: int | None = Field(None, ge=1, description="default: the fine-tune epochs")
     reduction_factor: float = Field(2.0, gt=1)
 
 
-class SchedulerSettings(_Strict):
+class SchedulerSettings(Strict):
     asha: AshaSettings | None = None
 
 
-class TuneSettings(_Strict):
+class TuneSettings(Strict):
     """``launch/tune.py``: a hyperparameter search over dotted sweep fields, one MLflow run per trial."""
 
     metric: Literal["val_acc", "val_loss", "val_balanced_acc", "val_auc", "train_loss"] = "val_acc"

@@ -1,20 +1,17 @@
-"""The ``cam:`` section of a sweep: which CAMs, on how many images, with which quality scores.
-
-Defined on pydantic's ``BaseModel`` rather than ``ssl_hpc.config._Strict`` because
-:mod:`ssl_hpc.config` imports this module (a cycle otherwise); the model config is the same
-(unknown fields refused, instances frozen).
-"""
+"""The ``cam:`` section of a sweep: which CAMs, on how many images, with which quality scores."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from ssl_hpc.config.base import Strict
 
 CamMethodName = Literal["gradcam", "gradcam++", "xgradcam", "layercam", "eigencam", "scorecam", "ablationcam"]
 
 
-class CamSettings(BaseModel):
+class CamSettings(Strict):
     """CAM figures and CAM quality scores computed at the end of every fine-tune run.
 
     Cost is bounded whatever the size of the test split: figures use at most
@@ -23,8 +20,6 @@ class CamSettings(BaseModel):
     test images (the same images for every run on the same test split, since ``seed`` is not
     the run's seed).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
     methods: list[CamMethodName] = Field(default_factory=lambda: ["gradcam"], min_length=1)
