@@ -38,7 +38,7 @@ from typing import Any
 
 from ssl_hpc.config import ConfigError, SweepConfig, apply_overrides, read_yaml, validate_sweep
 from ssl_hpc.config.cluster import Distribution, TuneSettings
-from ssl_hpc.jobs import Job, expand_jobs, order_jobs
+from ssl_hpc.jobs import Job, check_registered_names, expand_jobs, order_jobs
 from ssl_hpc.runner import run_job, run_job_when_free
 from ssl_hpc.tracking import KILLED, RUNNING, SweepTracker
 from ssl_hpc.train.handle import RunContext
@@ -220,6 +220,7 @@ def main(argv: list[str], project_root: Path) -> int:
         if sweep.tune is None:
             raise ConfigError(f"{source}: tune: required by launch/tune.py (search space, metric, scheduler)")
         validate_space(raw, sweep.tune, source)
+        check_registered_names(sweep, source)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -3,8 +3,8 @@
 #
 # Usage:  slurm/local/check.sh            (uses $SLURM_CONF, else the default
 #                                          state folder's slurm.conf)
-# Env:    PYTHON  python with submitit    (default /work/venv/bin/python if it
-#                                          exists, else python3)
+# Env:    PYTHON  python with submitit    (default: the checkout's .venv/bin/python
+#                                          if it exists, else python3)
 #         SSL_HPC_SLURM_CHECK_TIMEOUT     seconds per wait (default 90)
 #         SSL_HPC_SLURM_CHECK_SKIP_SUBMITIT=1  skip the submitit requeue check
 # Checks: sinfo/squeue/sacct answer; a batch job COMPLETES (seen by sacct);
@@ -19,7 +19,8 @@ export SLURM_CONF=${SLURM_CONF:-$STATE/etc/slurm.conf}
 TIMEOUT=${SSL_HPC_SLURM_CHECK_TIMEOUT:-90}
 export SSL_HPC_SLURM_CHECK_TIMEOUT=$TIMEOUT
 if [[ -z ${PYTHON:-} ]]; then
-    if [[ -x /work/venv/bin/python ]]; then PYTHON=/work/venv/bin/python; else PYTHON=python3; fi
+    PROJECT=$(cd "$HERE/../.." && pwd)
+    if [[ -x $PROJECT/.venv/bin/python ]]; then PYTHON=$PROJECT/.venv/bin/python; else PYTHON=python3; fi
 fi
 
 PASSED=0

@@ -9,9 +9,9 @@ is submitted or logged.
 from __future__ import annotations
 
 import typing
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 
 class ConfigError(ValueError):
@@ -22,6 +22,20 @@ class Strict(BaseModel):
     """Unknown fields are refused (a typo never silently falls back to a default); instances are frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _no_control_characters(value: str) -> str:
+    """Paths and names end up in job scripts and on command lines, where a newline starts a new command."""
+    bad = sorted({repr(c) for c in value if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise ValueError(
+            f"{value!r} contains control characters ({', '.join(bad)}); accepted: printable characters only"
+        )
+    return value
+
+
+# A string that may reach a shell or a job script: printable characters only.
+Text = Annotated[str, AfterValidator(_no_control_characters)]
 
 
 class FieldError(ValueError):

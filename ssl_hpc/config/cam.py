@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, field_validator
 
 from ssl_hpc.config.base import Strict
 
@@ -21,7 +21,7 @@ class CamSettings(Strict):
     the run's seed).
     """
 
-    enabled: bool = True
+    enabled: StrictBool = True
     methods: list[CamMethodName] = Field(default_factory=lambda: ["gradcam"], min_length=1)
     # A module path inside the Classifier (e.g. "backbone.body.layer3"); None -> the backbone's own
     # CAM layer (ResNet: last block of layer4; ViT: last block's norm1; small CNNs: last conv).
@@ -29,16 +29,16 @@ class CamSettings(Strict):
     # Only with target_layer None: if the default layer's map is coarser than this many cells on a
     # side (ResNet-18 with its ImageNet stem gives 1x1 at 28 px), the last block of the deepest
     # stage that is at least this fine is used instead; 1 never falls back.
-    min_cam_grid: int = Field(4, ge=1, le=64)
-    images_per_class: int = Field(4, ge=0, le=64)
-    max_images: int = Field(64, ge=1, le=100_000)
-    seed: int = 0
-    batch_size: int = Field(64, ge=1)
-    scorecam_batch_size: int = Field(64, ge=1)
-    faithfulness: bool = True
-    road_percentiles: list[int] = Field(default_factory=lambda: [20, 40, 60, 80], min_length=1)
-    topk_percent: float = Field(10.0, gt=0, lt=100)
-    display_size: int = Field(112, ge=28, le=512)
+    min_cam_grid: StrictInt = Field(4, ge=1, le=64)
+    images_per_class: StrictInt = Field(4, ge=0, le=64)
+    max_images: StrictInt = Field(64, ge=1, le=100_000)
+    seed: StrictInt = 0
+    batch_size: StrictInt = Field(64, ge=1)
+    scorecam_batch_size: StrictInt = Field(64, ge=1)
+    faithfulness: StrictBool = True
+    road_percentiles: list[StrictInt] = Field(default_factory=lambda: [20, 40, 60, 80], min_length=1)
+    topk_percent: StrictFloat = Field(10.0, gt=0, lt=100)
+    display_size: StrictInt = Field(112, ge=28, le=512)
 
     @field_validator("methods")
     @classmethod

@@ -15,9 +15,19 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from ssl_hpc.config.base import Strict
+from ssl_hpc.config.base import Strict, Text
 
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SBATCH_LINE = re.compile(r"^(?:#SBATCH\s+)?--(?P<key>[a-z][a-z0-9-]*)(?:[= ](?P<value>.+))?$")
@@ -50,15 +60,19 @@ def _slurm_name(value: str | None) -> str | None:
     return value
 
 
+# Profile fields a sweep may not override (see SlurmProfile.setup).
+PROFILE_ONLY = ("python", "setup")
+
+
 class AggregateResources(Strict):
     """The final aggregation job (``launch/aggregate.py`` after every run, ``afterany``) and what it asks for
     (it reads MLflow and writes tables: no GPU). ``enabled: false`` submits none."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     partition: str | None = None
-    cpus: int = Field(1, ge=1)
-    mem_gb: float | None = Field(None, gt=0)
-    time_min: int = Field(60, gt=0)
+    cpus: StrictInt = Field(1, ge=1)
+    mem_gb: StrictFloat | None = Field(None, gt=0)
+    time_min: StrictInt = Field(60, gt=0)
 
     @field_validator("partition")
     @classmethod
@@ -74,24 +88,26 @@ class SlurmProfile(Strict):
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    gpus_per_job: int = Field(0, ge=0)
-    cpus_per_job: int = Field(1, ge=1)
-    mem_gb: float | None = Field(None, gt=0)
-    time_min: int = Field(60, gt=0, description="time limit of one job, in minutes")
+    gpus_per_job: StrictInt = Field(0, ge=0)
+    cpus_per_job: StrictInt = Field(1, ge=1)
+    mem_gb: StrictFloat | None = Field(None, gt=0)
+    time_min: StrictInt = Field(60, gt=0, description="time limit of one job, in minutes")
     # USR2 is sent this long before the time limit: the job requeues itself and resumes from its last
     # epoch checkpoint. Keep it above one epoch plus the requeue (a minute).
-    signal_delay_s: int = Field(120, ge=0)
-    max_requeues_on_timeout: int = Field(3, ge=0)
-    array_parallelism: int = Field(32, ge=1)
-    max_array_size: int | None = Field(None, ge=1, description="default: MaxArraySize of scontrol show config")
-    max_submit_jobs: int | None = Field(None, ge=1, description="jobs this user may have queued (MaxSubmitJobs)")
-    pack: int = Field(1, ge=1, description="runs sharing one allocation (and its GPU)")
-    extra_sbatch: list[str] = []
-    setup: list[str] = []
-    python: str | None = None
+    signal_delay_s: StrictInt = Field(120, ge=0)
+    max_requeues_on_timeout: StrictInt = Field(3, ge=0)
+    array_parallelism: StrictInt = Field(32, ge=1)
+    max_array_size: StrictInt | None = Field(None, ge=1, description="default: MaxArraySize of scontrol show config")
+    max_submit_jobs: StrictInt | None = Field(None, ge=1, description="jobs this user may have queued (MaxSubmitJobs)")
+    pack: StrictInt = Field(1, ge=1, description="runs sharing one allocation (and its GPU)")
+    extra_sbatch: list[Text] = []
+    # Lines of shell run before the job, and the interpreter on the nodes: trusted input, so only a cluster
+    # profile (a file the user keeps for the cluster) may set them, never a sweep file or --set.
+    setup: list[Text] = []
+    python: Text | None = None
     # Every job runs on this machine (slurm/local): a SQLite store or a 127.0.0.1 tracking server is then
     # reachable and safe. Otherwise jobs must log to a tracking server the nodes can reach.
-    single_node: bool = False
+    single_node: StrictBool = False
     aggregate: AggregateResources = AggregateResources()
 
     @model_validator(mode="after")
@@ -151,6 +167,12 @@ class SlurmSettings(BaseModel):
     @model_validator(mode="after")
     def _known_overrides(self) -> SlurmSettings:
         extra = dict(self.model_extra or {})
+        for trusted in PROFILE_ONLY:
+            if trusted in extra:
+                raise ValueError(
+                    f"slurm.{trusted} can only be set in a cluster profile (slurm/profiles/<name>.yaml), not in a "
+                    "sweep file or with --set: it is run as a command on the compute nodes"
+                )
         unknown = sorted(set(extra) - set(SlurmProfile.model_fields))
         if unknown:
             raise ValueError(
@@ -178,19 +200,19 @@ class RaySettings(Strict):
     """
 
     address: str | None = None
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local instance (default: all)")
-    num_gpus: int | None = Field(None, ge=0, description="GPUs of a local instance (default: all visible)")
-    cpus_per_job: float = Field(1.0, gt=0)
-    gpus_per_job: float = Field(0.0, ge=0, description="fractional: 0.25 puts four runs on one GPU")
-    max_retries: int = Field(2, ge=0, description="re-runs of a task whose worker died (not of an exception)")
+    num_cpus: StrictInt | None = Field(None, ge=1, description="CPUs of a local instance (default: all)")
+    num_gpus: StrictInt | None = Field(None, ge=0, description="GPUs of a local instance (default: all visible)")
+    cpus_per_job: StrictFloat = Field(1.0, gt=0)
+    gpus_per_job: StrictFloat = Field(0.0, ge=0, description="fractional: 0.25 puts four runs on one GPU")
+    max_retries: StrictInt = Field(2, ge=0, description="re-runs of a task whose worker died (not of an exception)")
 
 
 class Distribution(Strict):
     """One dimension of a Tune search space: exactly one of these."""
 
-    loguniform: tuple[float, float] | None = None
-    uniform: tuple[float, float] | None = None
-    randint: tuple[int, int] | None = None
+    loguniform: tuple[StrictFloat, StrictFloat] | None = None
+    uniform: tuple[StrictFloat, StrictFloat] | None = None
+    randint: tuple[StrictInt, StrictInt] | None = None
     choice: list[Any] | None = None
 
     @model_validator(mode="after")
@@ -215,9 +237,9 @@ class Distribution(Strict):
 
 
 class AshaSettings(Strict):
-    grace_period: int = Field(1, ge=1)
-    max_t: int | None = Field(None, ge=1, description="default: the fine-tune epochs")
-    reduction_factor: float = Field(2.0, gt=1)
+    grace_period: StrictInt = Field(1, ge=1)
+    max_t: StrictInt | None = Field(None, ge=1, description="default: the fine-tune epochs")
+    reduction_factor: StrictFloat = Field(2.0, gt=1)
 
 
 class SchedulerSettings(Strict):
@@ -229,9 +251,9 @@ class TuneSettings(Strict):
 
     metric: Literal["val_acc", "val_loss", "val_balanced_acc", "val_auc", "train_loss"] = "val_acc"
     mode: Literal["max", "min"] = "max"
-    num_samples: int = Field(4, ge=1)
-    max_concurrent: int | None = Field(None, ge=1)
-    seed: int | None = None
+    num_samples: StrictInt = Field(4, ge=1)
+    max_concurrent: StrictInt | None = Field(None, ge=1)
+    seed: StrictInt | None = None
     space: dict[str, Distribution]
     scheduler: SchedulerSettings = SchedulerSettings(asha=AshaSettings())
 

@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StrictFloat, StrictInt, field_validator, model_validator
 
-from ssl_hpc.config.base import Strict
+from ssl_hpc.config.base import Strict, Text
 
 # name -> MedMNIST's task type
 MEDMNIST_2D_TASKS: dict[str, str] = {
@@ -48,7 +48,7 @@ class ImageFolderSpec(Strict):
     """A dataset kept as image files, declared in a sweep under ``datasets: {<name>: {...}}``."""
 
     kind: Literal["image_folder"] = "image_folder"
-    root: str = Field(min_length=1)
+    root: Text = Field(min_length=1)
     layout: Literal["auto", "split_folders", "class_folders"] = "auto"
     classes: tuple[str, ...] | None = None
     channels: Literal[1, 3] = 1
@@ -56,15 +56,15 @@ class ImageFolderSpec(Strict):
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     # split_folders layout
     split_folders: tuple[str, str, str] = ("train", "val", "test")
-    val_from_train: float | None = Field(None, gt=0, lt=1)
+    val_from_train: StrictFloat | None = Field(None, gt=0, lt=1)
     # class_folders layout
-    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    split_seed: int = 0
+    split_fractions: tuple[StrictFloat, StrictFloat, StrictFloat] = (0.7, 0.1, 0.2)
+    split_seed: StrictInt = 0
     # images and masks inside each class folder
-    images_subdir: str | None = None
-    masks_subdir: str | None = None
-    mask_root: str | None = None
-    mask_suffix: str = ""
+    images_subdir: Text | None = None
+    masks_subdir: Text | None = None
+    mask_root: Text | None = None
+    mask_suffix: Text = ""
 
     @field_validator("classes")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, StrictBool, StrictFloat, StrictInt
 
 from ssl_hpc.config.base import Strict
 
@@ -21,51 +21,51 @@ class StageSettings(Strict):
     The default schedule is the thesis's: lr halved every 20 epochs, never below 0.0005.
     """
 
-    epochs: int = Field(100, ge=0)
-    batch_size: int = Field(128, ge=1)
+    epochs: StrictInt = Field(100, ge=0)
+    batch_size: StrictInt = Field(128, ge=1)
     optimizer: Literal["sgd", "lars", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: StrictFloat = Field(0.05, gt=0)
+    momentum: StrictFloat = Field(0.9, ge=0, lt=1)
+    weight_decay: StrictFloat = Field(0.0, ge=0)
     schedule: Literal["step", "cosine", "constant"] = "step"
-    step_epochs: int = Field(20, ge=1)
-    step_gamma: float = Field(0.5, gt=0, le=1)
-    min_lr: float = Field(0.0005, ge=0)
-    warmup_epochs: int = Field(0, ge=0)
+    step_epochs: StrictInt = Field(20, ge=1)
+    step_gamma: StrictFloat = Field(0.5, gt=0, le=1)
+    min_lr: StrictFloat = Field(0.0005, ge=0)
+    warmup_epochs: StrictInt = Field(0, ge=0)
 
 
 class PretrainSettings(StageSettings):
     """Pretext training. Views are augmented on whole batches on the training device."""
 
-    crop_scale_min: float = Field(0.2, gt=0, le=1)
-    color_jitter: float = Field(0.4, ge=0)
-    gray_scale_prob: float = Field(0.2, ge=0, le=1)
-    blur_prob: float = Field(0.0, ge=0, le=1)
+    crop_scale_min: StrictFloat = Field(0.2, gt=0, le=1)
+    color_jitter: StrictFloat = Field(0.4, ge=0)
+    gray_scale_prob: StrictFloat = Field(0.2, ge=0, le=1)
+    blur_prob: StrictFloat = Field(0.0, ge=0, le=1)
     extra_unlabeled: tuple[str, ...] = ()
-    mask_ratio: float = Field(0.75, gt=0, lt=1)  # MAE
+    mask_ratio: StrictFloat = Field(0.75, gt=0, lt=1)  # MAE
 
 
 class FinetuneSettings(StageSettings):
     """Supervised training with labels: the reference model and every fine-tuning mode."""
 
     head: Literal["linear", "mlp"] = "linear"
-    head_hidden: int = Field(512, ge=1)
-    trainable_last: int = Field(1, ge=1)  # partial: the last N stages...
-    trainable_layers: int | None = Field(None, ge=1)  # ... or the last N layers with weights...
+    head_hidden: StrictInt = Field(512, ge=1)
+    trainable_last: StrictInt = Field(1, ge=1)  # partial: the last N stages...
+    trainable_layers: StrictInt | None = Field(None, ge=1)  # ... or the last N layers with weights...
     trainable_from: str | None = None  # ... or every layer from this module on
-    knn_k: int = Field(20, ge=1)
+    knn_k: StrictInt = Field(20, ge=1)
     augment: Literal["none", "flip", "crop_flip"] = "none"
     select_by: Literal["val_acc", "val_balanced_acc", "val_auc", "val_loss", "last"] = "val_acc"
-    early_stopping_patience: int | None = Field(None, ge=1)
-    effective_number_beta: float = Field(0.999, gt=0, lt=1)
+    early_stopping_patience: StrictInt | None = Field(None, ge=1)
+    effective_number_beta: StrictFloat = Field(0.999, gt=0, lt=1)
 
 
 class ModelSettings(Strict):
     """Architecture choices that are not grid axes."""
 
     stem: Literal["imagenet", "small"] = "imagenet"
-    input_size: int | None = Field(None, ge=8)
-    vit_patch_size: int | None = Field(None, ge=1)
+    input_size: StrictInt | None = Field(None, ge=8)
+    vit_patch_size: StrictInt | None = Field(None, ge=1)
     vit_pool: Literal["token", "avg"] = "token"
     # Start the backbone from ImageNet weights ("imagenet": timm's, from the local cache) or from a
     # state-dict file (a path); None: random initialisation.
@@ -79,20 +79,20 @@ class DataSettings(Strict):
     most ``duplicate_threshold`` of 64 bits and its 16 x 16 thumbnails correlate at least
     ``duplicate_min_correlation``."""
 
-    to_rgb: bool = False
-    download: bool = True
+    to_rgb: StrictBool = False
+    download: StrictBool = True
     duplicates: Literal["report", "error", "off"] = "report"
-    duplicate_threshold: int = Field(DEFAULT_DUPLICATE_THRESHOLD, ge=0, le=32)
-    duplicate_min_correlation: float = Field(DEFAULT_DUPLICATE_MIN_CORRELATION, ge=-1, le=1)
+    duplicate_threshold: StrictInt = Field(DEFAULT_DUPLICATE_THRESHOLD, ge=0, le=32)
+    duplicate_min_correlation: StrictFloat = Field(DEFAULT_DUPLICATE_MIN_CORRELATION, ge=-1, le=1)
 
 
 class RuntimeSettings(Strict):
     """How a run executes; never part of the run key (results should not depend on it)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    eval_batch_size: int = Field(512, ge=1)
-    num_threads: int | None = Field(None, ge=1)
-    keep_checkpoints: bool = False
+    bf16: StrictBool = True
+    channels_last: StrictBool = True
+    compile: StrictBool = False
+    eval_batch_size: StrictInt = Field(512, ge=1)
+    num_threads: StrictInt | None = Field(None, ge=1)
+    keep_checkpoints: StrictBool = False

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, ValidationInfo, field_validator, model_validator
 
-from ssl_hpc.config.base import FieldError, Strict, validate_partial
+from ssl_hpc.config.base import FieldError, Strict, Text, validate_partial
 from ssl_hpc.config.cam import CamSettings
 from ssl_hpc.config.cluster import RaySettings, SlurmSettings, TuneSettings
 from ssl_hpc.config.datasets import DATASET_NAME, MEDMNIST_2D, SINGLE_LABEL, ImageFolderSpec
@@ -31,8 +31,8 @@ class Grid(Strict):
     size: list[Literal[28, 64, 128, 224]] = [28]
     method: list[str] = []
     backbone: list[str] = ["resnet18"]
-    label_fraction: list[float] = [1.0]
-    labels_per_class: list[int | None] = [None]
+    label_fraction: list[StrictFloat] = [1.0]
+    labels_per_class: list[StrictInt | None] = [None]
     class_weight: list[str] = ["none"]
     finetune: list[Literal["frozen", "end_to_end", "partial", "knn"]] = ["end_to_end"]
 
@@ -117,13 +117,13 @@ class AggregateSettings(Strict):
     fusions: dict[str, list[str]] = {}
     rules: list[str] = ["product"]
     reference: str = "supervised"  # the method (``method`` tag) of the reference model
-    bootstrap_resamples: int = Field(1000, ge=1)
-    confidence: float = Field(0.95, gt=0, lt=1)
-    stats_seed: int = 0
+    bootstrap_resamples: StrictInt = Field(1000, ge=1)
+    confidence: StrictFloat = Field(0.95, gt=0, lt=1)
+    stats_seed: StrictInt = 0
     greedy_metric: Literal["accuracy", "mean_class_accuracy"] = "accuracy"
-    greedy_rounds: int = Field(10, ge=1)
-    stacking_c: float = Field(1.0, gt=0)
-    plots: bool = True
+    greedy_rounds: StrictInt = Field(10, ge=1)
+    stacking_c: StrictFloat = Field(1.0, gt=0)
+    plots: StrictBool = True
 
     @field_validator("rules")
     @classmethod
@@ -162,10 +162,10 @@ class SweepConfig(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     backend: Literal["local", "slurm", "ray"] = "local"
-    data_root: str | None = None
-    output_dir: str = "outputs"  # run folders (checkpoints while a run is unfinished), per sweep
-    results_dir: str = "results"  # the aggregation's tables and figures, per sweep
-    seeds: list[int] = [621]
+    data_root: Text | None = None
+    output_dir: Text = "outputs"  # run folders (checkpoints while a run is unfinished), per sweep
+    results_dir: Text = "results"  # the aggregation's tables and figures, per sweep
+    seeds: list[StrictInt] = [621]
     grid: Grid
     pretrain: PretrainSettings = PretrainSettings()
     finetune: FinetuneSettings = FinetuneSettings()
@@ -273,16 +273,16 @@ class RunConfig(Strict):
     method: str
     dataset: str
     dataset_spec: ImageFolderSpec | None = None  # for an image-folder dataset: where and how it is read
-    size: int
+    size: StrictInt
     backbone: str
-    seed: int
+    seed: StrictInt
     model: ModelSettings
     data: DataSettings
     pretrain_settings: PretrainSettings | None = None
     finetune_settings: FinetuneSettings | None = None
     finetune: str | None = None
-    label_fraction: float | None = None
-    labels_per_class: int | None = None
+    label_fraction: StrictFloat | None = None
+    labels_per_class: StrictInt | None = None
     class_weight: str | None = None
     pretrain_key: str | None = None
 
