@@ -153,9 +153,7 @@ def launch(
 ) -> int:
     project_root = Path(project_root) if project_root is not None else Path(__file__).resolve().parents[1]
     if backend == "slurm":
-        from ssl_hpc.launchers.slurm import main_submit
-
-        return main_submit(sweep, jobs, context, project_root)
+        return submit_to_slurm(sweep, jobs, context, project_root)
     if backend == "ray":
         from ssl_hpc.launchers.ray import run_ray
 
@@ -178,6 +176,30 @@ def launch(
     print(f"tracking: {context.tracking_uri}  (experiment {sweep.name!r})")
     aggregated = aggregate_at_the_end(sweep, context, project_root)
     return 0 if aggregated and all(outcome in ("finished", "skipped") for outcome in outcomes.values()) else 1
+
+
+def submit_to_slurm(sweep: SweepConfig, jobs: list[Job], context: RunContext, project_root: Path) -> int:
+    """``--backend slurm``: validate the profile, submit, print the job ids. 0 when everything is queued or done."""
+    from ssl_hpc.launchers.profiles import sweep_profile
+    from ssl_hpc.launchers.slurm import SlurmError, check_tracking, format_report, submit_sweep
+
+    try:
+        name, profile = sweep_profile(sweep, project_root)
+        check_tracking(context.tracking_uri, profile, name)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        report = submit_sweep(sweep, jobs, context, profile, project_root, name)
+    except SlurmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(format_report(report, sweep.name, context.output_root))
+    print(
+        f"tracking: {context.tracking_uri}  (experiment {sweep.name!r}); "
+        f"follow with: python launch/sweep.py <sweep> --status"
+    )
+    return 1 if report.refused else 0
 
 
 def aggregate_at_the_end(sweep: SweepConfig, context: RunContext, project_root: Path) -> bool:
