@@ -1,4 +1,6 @@
-"""``python launch/sweep.py SWEEP.yaml [--backend local|slurm|ray] [--dry-run] [--status] [--set k=v ...]``."""
+"""The command lines: ``python launch/sweep.py SWEEP.yaml [--backend local|slurm|ray] [--dry-run] [--status]
+[--set k=v ...]`` (:func:`sweep_main`) and ``python launch/aggregate.py SWEEP.yaml [--set k=v ...]``
+(:func:`aggregate_main`)."""
 
 from __future__ import annotations
 
@@ -196,3 +198,50 @@ def aggregate_at_the_end(sweep: SweepConfig, context: RunContext, project_root: 
         print(f"aggregation: skipped fusion {skip.column} in {skip.table}: {skip.reason}")
     print(f"results: {result.results_dir}")
     return True
+
+
+def aggregate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launch/aggregate.py",
+        description="Fusion ensembles, tables, statistics and plots from a sweep's finished fine-tune runs.",
+    )
+    parser.add_argument("sweep", type=Path, help="the sweep YAML (e.g. sweeps/smoke.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="dotted.key=value",
+        help="override a sweep field, e.g. --set aggregate.rules=[product,vote] (repeatable)",
+    )
+    return parser
+
+
+def aggregate_main(argv: list[str], project_root: Path) -> int:
+    """``python launch/aggregate.py SWEEP.yaml [--set k=v ...]``: the aggregation step alone.
+
+    0 on success; 1 when there is nothing to aggregate; 2 on a bad sweep file or override."""
+    from ssl_hpc.aggregate import AggregationError, aggregate_sweep
+
+    args = aggregate_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sweep = load_sweep(args.sweep, args.overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = aggregate_sweep(sweep, Path(project_root))
+    except AggregationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for skip in result.skipped:
+        print(f"skipped fusion {skip.column} in {skip.table} (seed {skip.seed}): {skip.reason}", file=sys.stderr)
+    print(
+        f"{sweep.name}: {len(result.tables)} tables, "
+        f"{sum(c.kind == 'fusion' for t in result.tables for c in t.columns)} fusion columns, "
+        f"{len(result.skipped)} fusions skipped"
+    )
+    print(f"results: {result.results_dir}")
+    print(f"MLflow run: {result.run_id} (experiment {sweep.name!r})")
+    return 0

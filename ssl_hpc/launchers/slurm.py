@@ -206,9 +206,9 @@ class SlurmTask(submitit.helpers.Checkpointable):
 def run_aggregation(sweep_file: str, project_root: str, tracking_uri: str) -> int:
     """The final job: ``launch/aggregate.py`` on the resolved sweep, logging to the sweep's tracking store."""
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    from ssl_hpc.aggregate import main
+    from ssl_hpc.cli import aggregate_main
 
-    code = main([sweep_file], project_root=Path(project_root))
+    code = aggregate_main([sweep_file], project_root=Path(project_root))
     if code not in (0, 1):  # 1: nothing FINISHED to aggregate -- said in the log, not an error of this job
         raise RuntimeError(f"aggregation exited with {code}")
     return code
