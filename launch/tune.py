@@ -11,7 +11,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # runs from a clone even without `pip install -e .`
 
-from ssl_hpc.tune import main  # noqa: E402
+from ssl_hpc.cli import tune_main  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:], project_root=PROJECT_ROOT))
+    raise SystemExit(tune_main(sys.argv[1:], project_root=PROJECT_ROOT))

@@ -1,4 +1,6 @@
-"""``python launch/sweep.py SWEEP.yaml [--backend local|slurm|ray] [--dry-run] [--status] [--set k=v ...]``."""
+"""The command lines, the only place that parses arguments and prints: ``launch/sweep.py``
+(:func:`sweep_main`), ``launch/aggregate.py`` (:func:`aggregate_main`), ``launch/tune.py`` (:func:`tune_main`),
+and the ``ssl-hpc sweep|aggregate|tune|status`` console script (:func:`main`) that wraps the three."""
 
 from __future__ import annotations
 
@@ -8,13 +10,22 @@ import shutil
 import sys
 from pathlib import Path
 
-from ssl_hpc.config import BACKENDS, ConfigError, SweepConfig, default_data_root, load_sweep
+from ssl_hpc.config import (
+    BACKENDS,
+    ConfigError,
+    SweepConfig,
+    apply_overrides,
+    default_data_root,
+    load_sweep,
+    read_yaml,
+    validate_sweep,
+)
 from ssl_hpc.data.image_folder import DatasetFolderError
 from ssl_hpc.data.loading import ensure_dataset
 from ssl_hpc.data.medmnist import DatasetMissingError
 from ssl_hpc.jobs import Job, check_registered_names, expand_jobs
 from ssl_hpc.models.pretrained import PretrainedWeightsMissing, ensure_weights
-from ssl_hpc.tracking import SweepTracker, git_state, resolve_tracking_uri
+from ssl_hpc.tracking import FINISHED, KILLED, SweepTracker, git_state, resolve_tracking_uri
 from ssl_hpc.train.handle import RunContext
 
 log = logging.getLogger("ssl_hpc")
@@ -219,3 +230,139 @@ def aggregate_at_the_end(sweep: SweepConfig, context: RunContext, project_root: 
         print(f"aggregation: skipped fusion {skip.column} in {skip.table}: {skip.reason}")
     print(f"results: {result.results_dir}")
     return True
+
+
+def aggregate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launch/aggregate.py",
+        description="Fusion ensembles, tables, statistics and plots from a sweep's finished fine-tune runs.",
+    )
+    parser.add_argument("sweep", type=Path, help="the sweep YAML (e.g. sweeps/smoke.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="dotted.key=value",
+        help="override a sweep field, e.g. --set aggregate.rules=[product,vote] (repeatable)",
+    )
+    return parser
+
+
+def aggregate_main(argv: list[str], project_root: Path) -> int:
+    """``python launch/aggregate.py SWEEP.yaml [--set k=v ...]``: the aggregation step alone.
+
+    0 on success; 1 when there is nothing to aggregate; 2 on a bad sweep file or override."""
+    from ssl_hpc.aggregate import AggregationError, aggregate_sweep
+
+    args = aggregate_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sweep = load_sweep(args.sweep, args.overrides)
+        check_registered_names(sweep, str(args.sweep))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = aggregate_sweep(sweep, Path(project_root))
+    except AggregationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for skip in result.skipped:
+        print(f"skipped fusion {skip.column} in {skip.table} (seed {skip.seed}): {skip.reason}", file=sys.stderr)
+    print(
+        f"{sweep.name}: {len(result.tables)} tables, "
+        f"{sum(c.kind == 'fusion' for t in result.tables for c in t.columns)} fusion columns, "
+        f"{len(result.skipped)} fusions skipped"
+    )
+    print(f"results: {result.results_dir}")
+    print(f"MLflow run: {result.run_id} (experiment {sweep.name!r})")
+    return 0
+
+
+def tune_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launch/tune.py", description="Hyperparameter search with Ray Tune (ASHA); one MLflow run per trial."
+    )
+    parser.add_argument("sweep", type=Path, help="a sweep YAML with a tune: section (e.g. sweeps/tune_smoke.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="dotted.key=value",
+        help="override a sweep field (repeatable)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="validate the search space and exit")
+    return parser
+
+
+def tune_main(argv: list[str], project_root: Path) -> int:
+    """``python launch/tune.py SWEEP.yaml [--set k=v ...] [--dry-run]``: a hyperparameter search with Ray Tune."""
+    from ssl_hpc.tune import probe_values, run_search, trial_jobs, trial_sweep, validate_space
+
+    args = tune_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    source = str(args.sweep)
+    try:
+        raw = apply_overrides(read_yaml(args.sweep), args.overrides)
+        sweep = validate_sweep(raw, source=source)
+        if sweep.tune is None:
+            raise ConfigError(f"{source}: tune: required by launch/tune.py (search space, metric, scheduler)")
+        validate_space(raw, sweep.tune, source)
+        check_registered_names(sweep, source)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    settings = sweep.tune
+    if args.dry_run:
+        print(
+            f"{sweep.name}: {settings.num_samples} trials over {', '.join(settings.space)}; metric "
+            f"{settings.metric} ({settings.mode})"
+        )
+        return 0
+
+    from ssl_hpc.data.medmnist import DatasetMissingError
+
+    context = make_context(sweep, project_root, progress=False)
+    try:
+        _, probe_job = trial_jobs(trial_sweep(raw, probe_values(settings), source))
+        prepare_data(sweep, [probe_job], context.data_root)
+    except DatasetMissingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    SweepTracker(context.tracking_uri, sweep.name)  # the store and experiment, created once, here
+    outcomes = run_search(raw, sweep, context, project_root, source)
+    counts: dict[str, int] = {}
+    for status in outcomes.values():
+        counts[status] = counts.get(status, 0) + 1
+    print(f"{sweep.name}: {len(outcomes)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print(f"tracking: {context.tracking_uri}  (experiment {sweep.name!r})")
+    return 0 if outcomes and all(status in (FINISHED, KILLED) for status in outcomes.values()) else 1
+
+
+# The checkout this package runs from (an editable install): sweeps' outputs/, results/ and mlflow/ live there.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = {
+    "sweep": "expand a sweep and run it (launch/sweep.py)",
+    "status": "one row per job of a sweep (launch/sweep.py --status)",
+    "aggregate": "fusions, tables and plots of a sweep's finished runs (launch/aggregate.py)",
+    "tune": "a hyperparameter search with Ray Tune (launch/tune.py)",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ssl-hpc COMMAND ...``: the console script; each command takes the arguments of its launch/ script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        usage = "\n".join(f"  {name:<10} {text}" for name, text in COMMANDS.items())
+        print(f"usage: ssl-hpc COMMAND [arguments]\n\ncommands:\n{usage}", file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    command, rest = argv[0], argv[1:]
+    if command == "sweep":
+        return sweep_main(rest, PROJECT_ROOT)
+    if command == "status":
+        return sweep_main([*rest, "--status"], PROJECT_ROOT)
+    if command == "aggregate":
+        return aggregate_main(rest, PROJECT_ROOT)
+    return tune_main(rest, PROJECT_ROOT)

@@ -158,7 +158,7 @@ class SweepTracker:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         with store_lock(tracking_uri):  # MlflowClient opens (and on first use creates) the store at once
-            self.client = RetryingClient(MlflowClient(tracking_uri=tracking_uri))
+            self._client = RetryingClient(MlflowClient(tracking_uri=tracking_uri))
             self.experiment_id = self._get_or_create_experiment()
 
     @classmethod
@@ -174,17 +174,17 @@ class SweepTracker:
         return cls(tracking_uri, experiment)
 
     def _get_or_create_experiment(self) -> str:
-        found = self.client.get_experiment_by_name(self.experiment)
+        found = self._client.get_experiment_by_name(self.experiment)
         if found is not None:
             if found.lifecycle_stage == "deleted":
-                self.client.restore_experiment(found.experiment_id)
+                self._client.restore_experiment(found.experiment_id)
             return found.experiment_id
         try:
-            return self.client.create_experiment(
+            return self._client.create_experiment(
                 self.experiment, artifact_location=artifact_location(self.tracking_uri, self.experiment)
             )
         except MlflowException:  # another process created it first
-            found = self.client.get_experiment_by_name(self.experiment)
+            found = self._client.get_experiment_by_name(self.experiment)
             if found is None:
                 raise
             return found.experiment_id
@@ -195,7 +195,7 @@ class SweepTracker:
         runs: list[Run] = []
         token = None
         while True:
-            page = self.client.search_runs(
+            page = self._client.search_runs(
                 [self.experiment_id], filter_string=filter_string, max_results=1000, page_token=token
             )
             runs.extend(page)
@@ -219,44 +219,54 @@ class SweepTracker:
     # ------------------------------------------------------------------ writing
 
     def create_run(self, run_name: str, tags: Mapping[str, str], params: Mapping[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        run = self._client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
         items = [Param(name, value[:6000]) for name, value in params.items()]
         for start in range(0, len(items), _MAX_BATCH):
-            self.client.log_batch(run.info.run_id, params=items[start : start + _MAX_BATCH])
+            self._client.log_batch(run.info.run_id, params=items[start : start + _MAX_BATCH])
         return run.info.run_id
 
     def reopen(self, run_id: str) -> None:
-        self.client.update_run(run_id, status=RUNNING)
+        self._client.update_run(run_id, status=RUNNING)
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(name, str(value)) for name, value in tags.items()])
+        self._client.log_batch(run_id, tags=[RunTag(name, str(value)) for name, value in tags.items()])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         items = [Metric(name, float(value), now, step) for name, value in metrics.items()]
         for start in range(0, len(items), _MAX_BATCH):
-            self.client.log_batch(run_id, metrics=items[start : start + _MAX_BATCH])
+            self._client.log_batch(run_id, metrics=items[start : start + _MAX_BATCH])
 
     def logged_steps(self, run_id: str, metric: str) -> list[int]:
-        return [entry.step for entry in self.client.get_metric_history(run_id, metric)]
+        return [entry.step for entry in self._client.get_metric_history(run_id, metric)]
 
-    def metric_history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
-        """(step, value) of every logged value of ``metric``, in logging order."""
-        return [(entry.step, entry.value) for entry in self.client.get_metric_history(run_id, metric)]
+    def metric_history(self, run_id: str, metric: str) -> list[Metric]:
+        """Every logged value of ``metric`` (``step``, ``value``, ``timestamp``), in logging order."""
+        return list(self._client.get_metric_history(run_id, metric))
+
+    def clear_artifacts(self, run: Run) -> None:
+        """Deletes a run's artifacts where the store can (a reused run must not keep files its new
+        content no longer has); elsewhere the new files overwrite the old."""
+        try:
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            get_artifact_repository(run.info.artifact_uri).delete_artifacts()
+        except Exception as error:  # noqa: BLE001 - stores that cannot delete
+            log.info("could not clear the previous artifacts of %s (%s); overwriting them", run.info.run_id, error)
 
     def delete_tags(self, run_id: str, names: Iterable[str], present: Mapping[str, str]) -> None:
         """Deletes those of ``names`` that are in ``present`` (the run's tags): MLflow refuses to delete a
         tag that is not there."""
         for name in names:
             if name in present:
-                self.client.delete_tag(run_id, name)
+                self._client.delete_tag(run_id, name)
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        self._client.log_artifact(run_id, str(path), artifact_path)
 
     def download_artifact(self, run_id: str, path: str, destination: Path) -> Path:
         destination.mkdir(parents=True, exist_ok=True)
-        return Path(self.client.download_artifacts(run_id, path, str(destination)))
+        return Path(self._client.download_artifacts(run_id, path, str(destination)))
 
     def finish(self, run_id: str, status: str = FINISHED) -> None:
-        self.client.set_terminated(run_id, status=status)
+        self._client.set_terminated(run_id, status=status)

@@ -1,4 +1,4 @@
-"""``python launch/tune.py SWEEP.yaml [--set dotted.key=value ...]``: a hyperparameter search with Ray Tune.
+"""A hyperparameter search with Ray Tune (``python launch/tune.py SWEEP.yaml [--set dotted.key=value ...]``).
 
 The sweep's ``tune:`` section holds the search space (dotted sweep fields -> a distribution), the metric
 and mode, the number of trials and the ASHA scheduler::
@@ -28,17 +28,15 @@ Ray runs as for ``--backend ray`` (the sweep's ``ray:`` section; a private local
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ssl_hpc.config import ConfigError, SweepConfig, apply_overrides, read_yaml, validate_sweep
+from ssl_hpc.config import ConfigError, SweepConfig, apply_overrides, validate_sweep
 from ssl_hpc.config.cluster import Distribution, TuneSettings
-from ssl_hpc.jobs import Job, check_registered_names, expand_jobs, order_jobs
+from ssl_hpc.jobs import Job, expand_jobs, order_jobs
 from ssl_hpc.runner import run_job, run_job_when_free
 from ssl_hpc.tracking import KILLED, RUNNING, SweepTracker
 from ssl_hpc.train.handle import RunContext
@@ -68,6 +66,11 @@ def trial_jobs(sweep: SweepConfig) -> tuple[list[Job], Job]:
     return [job for job in jobs if job.key in needed], finetune[0]
 
 
+def probe_values(settings: TuneSettings) -> dict[str, Any]:
+    """One value from every distribution of the search space: enough to build a trial's jobs."""
+    return {key: _probe(distribution) for key, distribution in settings.space.items()}
+
+
 def _probe(distribution: Distribution) -> Any:
     """A value the distribution can produce, to validate the space before anything runs."""
     kind = distribution.kind
@@ -86,7 +89,7 @@ def validate_space(raw: dict[str, Any], settings: TuneSettings, source: str) -> 
                 trial_sweep(raw, {key: probe}, source)
             except ConfigError as error:
                 raise ConfigError(f"{source}: tune.space.{key}: value {probe!r} is refused: {error}") from None
-    trial_jobs(trial_sweep(raw, {key: _probe(d) for key, d in settings.space.items()}, source))
+    trial_jobs(trial_sweep(raw, probe_values(settings), source))
 
 
 def search_space(settings: TuneSettings) -> dict[str, Any]:
@@ -153,8 +156,8 @@ def tune_trial(config: dict[str, Any], raw: dict[str, Any], context: RunContext,
             run = tracker.run_for_key(job.key)
             history: dict[int, dict[str, float]] = {}
             for name in ("train_loss", "val_loss", "val_acc", "val_balanced_acc", "val_auc"):
-                for step, value in tracker.metric_history(run.info.run_id, name):
-                    history.setdefault(step, {})[name] = value
+                for metric in tracker.metric_history(run.info.run_id, name):
+                    history.setdefault(metric.step, {})[name] = metric.value
             for epoch in sorted(history):
                 report(job, epoch, history[epoch])
     for result in held:
@@ -193,65 +196,6 @@ def finalize_stopped(tracker: SweepTracker, trials: dict[str, tuple[str, bool]])
     return statuses
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="launch/tune.py", description="Hyperparameter search with Ray Tune (ASHA); one MLflow run per trial."
-    )
-    parser.add_argument("sweep", type=Path, help="a sweep YAML with a tune: section (e.g. sweeps/tune_smoke.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="dotted.key=value",
-        help="override a sweep field (repeatable)",
-    )
-    parser.add_argument("--dry-run", action="store_true", help="validate the search space and exit")
-    return parser
-
-
-def main(argv: list[str], project_root: Path) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    source = str(args.sweep)
-    try:
-        raw = apply_overrides(read_yaml(args.sweep), args.overrides)
-        sweep = validate_sweep(raw, source=source)
-        if sweep.tune is None:
-            raise ConfigError(f"{source}: tune: required by launch/tune.py (search space, metric, scheduler)")
-        validate_space(raw, sweep.tune, source)
-        check_registered_names(sweep, source)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    settings = sweep.tune
-    if args.dry_run:
-        print(
-            f"{sweep.name}: {settings.num_samples} trials over {', '.join(settings.space)}; metric "
-            f"{settings.metric} ({settings.mode})"
-        )
-        return 0
-
-    from ssl_hpc.cli import make_context, prepare_data
-    from ssl_hpc.data.medmnist import DatasetMissingError
-
-    context = make_context(sweep, project_root, progress=False)
-    try:
-        _, probe_job = trial_jobs(trial_sweep(raw, {k: _probe(d) for k, d in settings.space.items()}, source))
-        prepare_data(sweep, [probe_job], context.data_root)
-    except DatasetMissingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    SweepTracker(context.tracking_uri, sweep.name)  # the store and experiment, created once, here
-    outcomes = run_search(raw, sweep, context, project_root, source)
-    counts: dict[str, int] = {}
-    for status in outcomes.values():
-        counts[status] = counts.get(status, 0) + 1
-    print(f"{sweep.name}: {len(outcomes)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    print(f"tracking: {context.tracking_uri}  (experiment {sweep.name!r})")
-    return 0 if outcomes and all(status in ("FINISHED", KILLED) for status in outcomes.values()) else 1
-
-
 def run_search(
     raw: dict[str, Any], sweep: SweepConfig, context: RunContext, project_root: Path, source: str
 ) -> dict[str, str]:
@@ -265,7 +209,7 @@ def run_search(
     settings = sweep.tune
     assert settings is not None
     asha = settings.scheduler.asha
-    finetune_epochs = trial_jobs(trial_sweep(raw, {k: _probe(d) for k, d in settings.space.items()}, source))[1]
+    finetune_epochs = trial_jobs(trial_sweep(raw, probe_values(settings), source))[1]
     max_t = (asha.max_t if asha and asha.max_t else None) or max(1, finetune_epochs.config.finetune_settings.epochs)
     scheduler = (
         ASHAScheduler(

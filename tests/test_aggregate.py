@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric
 
-from ssl_hpc.aggregate import main
+from ssl_hpc.cli import aggregate_main
 from ssl_hpc.evaluate.fusion import EPS
 from ssl_hpc.evaluate.metrics import classification_metrics
 from ssl_hpc.tracking import FINISHED, SweepTracker
@@ -106,8 +105,8 @@ class Store:
         metrics = classification_metrics(self.test_labels, test_probs)
         metrics.update({"best_epoch": 2.0, "train_seconds": FINETUNE_SECONDS})
         self.tracker.log_metrics(run_id, metrics)
-        history = [Metric("val_acc", 0.3 + 0.1 * epoch + 0.01 * self.count, 0, epoch) for epoch in range(3)]
-        self.tracker.client.log_batch(run_id, metrics=history)
+        for epoch in range(3):
+            self.tracker.log_metrics(run_id, {"val_acc": 0.3 + 0.1 * epoch + 0.01 * self.count}, step=epoch)
         folder = self.folder / self.sweep / run_id
         folder.mkdir(parents=True)
         self.tracker.log_artifact(
@@ -182,7 +181,7 @@ def aggregate_runs(client: MlflowClient, experiment_id: str):
 def test_tables_fusions_metrics_and_rerun(project, capsys):
     store: Store = project["store"]
     root = project["root"]
-    assert main([str(project["sweep"])], project_root=root) == 0
+    assert aggregate_main([str(project["sweep"])], project_root=root) == 0
     output = capsys.readouterr()
     results = root / "results" / SWEEP
 
@@ -271,7 +270,7 @@ def test_tables_fusions_metrics_and_rerun(project, capsys):
     # --- re-running replaces its own outputs, keeps what a user put beside them, and reuses the aggregate run
     (results / "my_notes.txt").write_text("a user's notes")
     assert (
-        main(
+        aggregate_main(
             [str(project["sweep"]), "--set", "aggregate.rules=[mean]", "--set", "aggregate.plots=false"],
             project_root=root,
         )
@@ -293,7 +292,7 @@ def test_a_results_folder_the_aggregation_did_not_write_is_refused_untouched(pro
     foreign = root / "results" / SWEEP
     foreign.mkdir(parents=True)
     (foreign / "thesis_draft.tex").write_text("months of work")
-    assert main([str(project["sweep"]), "--set", "aggregate.plots=false"], project_root=root) != 0
+    assert aggregate_main([str(project["sweep"]), "--set", "aggregate.plots=false"], project_root=root) != 0
     assert "did not write" in capsys.readouterr().err
     assert [p.name for p in foreign.iterdir()] == ["thesis_draft.tex"]
     assert (foreign / "thesis_draft.tex").read_text() == "months of work"
@@ -304,7 +303,7 @@ def test_mismatched_split_digest_makes_the_fusion_refuse(project, capsys):
     sweep = str(project["sweep"])
     fusions = "aggregate.fusions={ssl_pair: [simclr, mocov2], vit: [aim, mae]}"
     assert (
-        main(
+        aggregate_main(
             [
                 sweep,
                 "--set",
@@ -339,7 +338,7 @@ def test_mismatched_split_digest_makes_the_fusion_refuse(project, capsys):
 def test_several_seeds_mean_std_and_paired_bootstrap(project):
     root = project["root"]
     assert (
-        main(
+        aggregate_main(
             [
                 str(project["sweep"]),
                 "--set",
@@ -381,9 +380,9 @@ def test_several_seeds_mean_std_and_paired_bootstrap(project):
 
 def test_no_finished_runs_exits_nonzero_with_a_message(project, capsys):
     root, sweep = project["root"], str(project["sweep"])
-    assert main([sweep, "--set", "name=never_ran"], project_root=root) == 1
+    assert aggregate_main([sweep, "--set", "name=never_ran"], project_root=root) == 1
     assert "no MLflow experiment 'never_ran'" in capsys.readouterr().err
-    assert main([sweep, "--set", "name=agg_failed"], project_root=root) == 1
+    assert aggregate_main([sweep, "--set", "name=agg_failed"], project_root=root) == 1
     assert "no FINISHED fine-tune runs" in capsys.readouterr().err
     assert not (root / "results" / "agg_failed").exists()
     client = MlflowClient(project["uri"])
@@ -392,10 +391,10 @@ def test_no_finished_runs_exits_nonzero_with_a_message(project, capsys):
 
 def test_bad_aggregate_settings_are_refused_naming_the_field(project, capsys):
     root, sweep = project["root"], str(project["sweep"])
-    assert main([sweep, "--set", "aggregate.rules=[product, median]"], project_root=root) == 2
+    assert aggregate_main([sweep, "--set", "aggregate.rules=[product, median]"], project_root=root) == 2
     error = capsys.readouterr().err
     assert "aggregate.rules" in error and "accepted: greedy, max_confidence, mean, product, stacking, vote" in error
-    assert main([sweep, "--set", "aggregate.fusions={solo: [simclr]}"], project_root=root) == 2
+    assert aggregate_main([sweep, "--set", "aggregate.fusions={solo: [simclr]}"], project_root=root) == 2
     assert "aggregate.fusions.solo" in capsys.readouterr().err
 
 

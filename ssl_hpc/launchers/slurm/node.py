@@ -26,7 +26,8 @@ from typing import Any
 
 import submitit
 
-from ssl_hpc.jobs import Job
+from ssl_hpc.config import load_sweep
+from ssl_hpc.jobs import Job, check_registered_names
 from ssl_hpc.runner import run_job_when_free
 from ssl_hpc.train.handle import RunContext
 
@@ -139,11 +140,19 @@ class SlurmTask(submitit.helpers.Checkpointable):
 
 
 def run_aggregation(sweep_file: str, project_root: str, tracking_uri: str) -> int:
-    """The final job: ``launch/aggregate.py`` on the resolved sweep, logging to the sweep's tracking store."""
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    from ssl_hpc.aggregate import main
+    """The final job: the aggregation step on the resolved sweep, logging to the sweep's tracking store.
+    Returns 0, or 1 when nothing FINISHED is there to aggregate (said in the log, not an error of this job)."""
+    from ssl_hpc.aggregate import AggregationError, aggregate_sweep
 
-    code = main([sweep_file], project_root=Path(project_root))
-    if code not in (0, 1):  # 1: nothing FINISHED to aggregate -- said in the log, not an error of this job
-        raise RuntimeError(f"aggregation exited with {code}")
-    return code
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # proxied artifact URIs are resolved against it
+    sweep = load_sweep(sweep_file)
+    check_registered_names(sweep, sweep_file)
+    try:
+        result = aggregate_sweep(sweep, Path(project_root), tracking_uri=tracking_uri)
+    except AggregationError as error:
+        log.warning("nothing to aggregate: %s", error)
+        return 1
+    for skip in result.skipped:
+        log.warning("skipped fusion %s in %s (seed %s): %s", skip.column, skip.table, skip.seed, skip.reason)
+    log.info("results: %s; MLflow run %s (experiment %r)", result.results_dir, result.run_id, sweep.name)
+    return 0
