@@ -154,6 +154,7 @@ def train_classifier(handle: RunHandle, model, train: ImageSplit, val: ImageSpli
         on_epoch_end=handle.log_epoch,
         on_resume=handle.log_history,
         progress=handle.context.progress,
+        checkpoints=handle.checkpoint_policy,
         description=f"{config.method}/{config.finetune} {handle.job.key}",
     )
     if result.best_state is not None:

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+import ssl_hpc
 from ssl_hpc.config import CamSettings, ImageFolderSpec, RuntimeSettings
 from ssl_hpc.files import save_atomic
 from ssl_hpc.tracking import GitState, SweepTracker
-from ssl_hpc.train.loop import Precision
+from ssl_hpc.train.loop import CheckpointPolicy, Precision
 
 if TYPE_CHECKING:
     from ssl_hpc.jobs import Job
@@ -68,6 +69,17 @@ class RunHandle:
         self.tracker.log_metrics(self.run_id, values, step=epoch)
         if self.context.on_epoch is not None:
             self.context.on_epoch(self.job, epoch, values)
+
+    @property
+    def checkpoint_policy(self) -> CheckpointPolicy:
+        """Resume only from checkpoints this code wrote; a discarded one is tagged on the run."""
+        git = self.context.git
+        version = (git.commit + ("+dirty" if git.dirty else "")) if git is not None else ssl_hpc.__version__
+
+        def discarded(reason: str) -> None:
+            self.tracker.set_tags(self.run_id, {"checkpoint_discarded": reason[:4000], "restarted_from_epoch": "0"})
+
+        return CheckpointPolicy(version, self.context.runtime.resume_other_version, discarded)
 
     def artifact_dir(self) -> Path:
         path = self.workdir / "artifacts"

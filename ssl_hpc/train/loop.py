@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -40,6 +41,19 @@ def best_path(workdir: Path, epoch: int) -> Path:
 
 
 LOWER_IS_BETTER = {"val_loss", "train_loss"}
+RESUME_FIELDS = {"epoch", "state", "optimizer", "history", "best_epoch", "rng"}
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """Which ``last.pt`` a run may resume from. A checkpoint that cannot be read (truncated by a full disk,
+    empty), that does not fit the model, or that another version of the code wrote (a fixed bug would
+    otherwise live on in it) is moved aside as ``last.pt.corrupt-<time>`` and the run restarts from epoch 0:
+    one bad file must not break its key for good. ``on_discard`` hears why (the run is tagged)."""
+
+    code_version: str = ""
+    resume_other_version: bool = False
+    on_discard: Callable[[str], None] | None = field(default=None, compare=False)
 
 
 class TrainTask(Protocol):
@@ -131,6 +145,7 @@ def fit(
     on_resume: Callable[[list[dict[str, float]]], None] | None = None,
     progress: bool = False,
     description: str = "",
+    checkpoints: CheckpointPolicy = CheckpointPolicy(),
 ) -> FitResult:
     """Trains ``task`` on ``data`` (already on the device) for ``settings.epochs`` epochs."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -139,8 +154,8 @@ def fit(
     best_epoch: int | None = None
     start_epoch = 0
     resumed_after = None
-    if (workdir / LAST).is_file():
-        checkpoint = load_checkpoint(workdir / LAST, map_location=precision.device)
+    checkpoint = resume_point(workdir, task.module, optimizer, precision.device, checkpoints)
+    if checkpoint is not None:
         task.module.load_state_dict(checkpoint["state"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         history = list(checkpoint["history"])
@@ -201,6 +216,7 @@ def fit(
                 "rng": torch.get_rng_state(),
                 # MAE and AIM draw their masks on the device: a resumed GPU run replays them too
                 "cuda_rng": torch.cuda.get_rng_state_all() if precision.device.type == "cuda" else [],
+                "code_version": checkpoints.code_version,
             },
             workdir / LAST,
         )
@@ -216,6 +232,51 @@ def fit(
     if select_by != "last" and best_epoch is not None and best_path(workdir, best_epoch).is_file():
         best_state = load_checkpoint(best_path(workdir, best_epoch), map_location=precision.device)
     return FitResult(history, best_epoch, workdir, resumed_after, stopped_early, best_state)
+
+
+def resume_point(
+    workdir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, policy: CheckpointPolicy
+) -> dict | None:
+    """The checkpoint to resume from, or ``None`` to start at epoch 0 (none, or one moved aside)."""
+    path = workdir / LAST
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = load_checkpoint(path, map_location=device)
+        problem = _unusable(checkpoint, module, optimizer, policy)
+    except Exception as error:  # noqa: BLE001 - truncated or foreign files fail in many ways (zip, pickle, EOF)
+        problem = f"it cannot be read ({type(error).__name__}: {error or 'empty file'})"
+    if problem is None:
+        return checkpoint
+    aside = path.with_name(f"{LAST}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.replace(path, aside)
+    for stale in workdir.glob("best-*.pt"):  # the best epoch of the discarded history
+        stale.unlink(missing_ok=True)
+    reason = f"{path} {problem}; kept as {aside.name}, training restarts from epoch 0"
+    log.warning("%s", reason)
+    if policy.on_discard is not None:
+        policy.on_discard(reason)
+    return None
+
+
+def _unusable(checkpoint: object, module: nn.Module, optimizer: torch.optim.Optimizer, policy: CheckpointPolicy):
+    """Why ``checkpoint`` cannot be resumed from, or ``None``."""
+    if not isinstance(checkpoint, dict) or not RESUME_FIELDS <= set(checkpoint):
+        return "is not a training checkpoint of this code (fields missing)"
+    written_by = checkpoint.get("code_version", "")
+    if written_by != policy.code_version and not policy.resume_other_version:
+        return (
+            f"was written by code version {written_by or 'unknown'}, this is {policy.code_version or 'unknown'} "
+            "(runtime.resume_other_version: true resumes it anyway)"
+        )
+    expected = {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+    found = {name: tuple(tensor.shape) for name, tensor in checkpoint["state"].items()}
+    if expected != found:
+        return f"does not fit the model ({len(set(expected) ^ set(found))} names and shapes differ)"
+    groups = checkpoint["optimizer"].get("param_groups", [])
+    if [len(group["params"]) for group in groups] != [len(group["params"]) for group in optimizer.param_groups]:
+        return "does not fit the optimiser (its parameter groups differ)"
+    return None
 
 
 def _best_value(history: list[dict[str, float]], best_epoch: int | None, metric: str) -> float | None:

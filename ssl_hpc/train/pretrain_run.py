@@ -80,6 +80,7 @@ def run_pretrain(handle: RunHandle, cache: DatasetCache) -> None:
         on_epoch_end=handle.log_epoch,
         on_resume=handle.log_history,
         progress=handle.context.progress,
+        checkpoints=handle.checkpoint_policy,
         description=f"{config.method}/pretrain {handle.job.key}",
     )
     # The backbone as fine-tuning will build it (AIM's causal ViT becomes a plain timm ViT).
