@@ -18,6 +18,7 @@ from ssl_hpc.data.duplicates import (
     check_leakage,
     duplicate_report,
     duplicates_between,
+    leakage,
     near_duplicate_pairs,
     perceptual_hash,
 )
@@ -125,7 +126,7 @@ def test_error_mode_raises_naming_the_counts_and_off_computes_nothing(monkeypatc
         check_leakage(dataset, mode="error")
     assert error.value.report.total == 7
     assert isinstance(check_leakage(dataset, mode="report"), DuplicateReport)
-    monkeypatch.setattr(duplicates, "fingerprints", lambda *a, **k: pytest.fail("off mode must not hash"))
+    monkeypatch.setattr(leakage, "fingerprints", lambda *a, **k: pytest.fail("off mode must not hash"))
     assert check_leakage(dataset, mode="off") is None
 
 

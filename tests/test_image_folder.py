@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from ssl_hpc.config import ConfigError, validate_sweep
-from ssl_hpc.data import image_folder
 from ssl_hpc.data.image_folder import (
     DatasetFolderError,
     ImageFolderSpec,
@@ -20,6 +19,8 @@ from ssl_hpc.data.image_folder import (
     index_image_folder,
     load_image_folder,
 )
+from ssl_hpc.data.image_folder import decode as decode_module
+from ssl_hpc.data.image_folder import split as split_module
 from ssl_hpc.data.loading import DatasetCache, ensure_dataset
 
 COVID_CLASSES = {"COVID": 20, "Lung_Opacity": 31, "Normal": 43, "Viral Pneumonia": 12}
@@ -83,13 +84,13 @@ def covid(tmp_path: Path) -> Path:
 def decodes(monkeypatch) -> list[Path]:
     """Every file the loader decodes."""
     seen: list[Path] = []
-    original = image_folder._decode
+    original = decode_module._decode
 
     def counting(path, *args, **kwargs):
         seen.append(path)
         return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(image_folder, "_decode", counting)
+    monkeypatch.setattr(decode_module, "_decode", counting)
     return seen
 
 
@@ -207,8 +208,8 @@ def test_saved_split_is_never_silently_changed(covid: Path, tmp_path: Path):
 
 
 def test_read_only_data_folder_saves_the_split_in_the_cache(covid: Path, tmp_path: Path, monkeypatch, caplog):
-    writable = image_folder._writable
-    monkeypatch.setattr(image_folder, "_writable", lambda folder: folder != covid and writable(folder))
+    writable = split_module._writable
+    monkeypatch.setattr(split_module, "_writable", lambda folder: folder != covid and writable(folder))
     index = index_image_folder(ImageFolderSpec(root=str(covid), **COVID_SPEC), cache_dir=tmp_path / "cache")
     assert index.split_file.is_relative_to(tmp_path / "cache" / "splits")
     assert not list(covid.glob(".ssl_hpc_split_*")) and "read-only" in caplog.text
