@@ -11,13 +11,10 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import PROJECT_ROOT, run_sweep_cli, slurm_records
-from ssl_hpc.models.methods import METHODS
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 
-SSL = next(
-    (name for name in ("simclr", "mocov2", "rotnet") if name in METHODS and METHODS[name].needs_pretraining), None
-)
+SSL = "simclr"  # a method with a pretraining stage
 SLURM = ["--backend", "slurm", "--set", "slurm.profile=local", "--set", "runtime.num_threads=1", "--quiet"]
 EPOCH_METRICS = ("train_loss", "val_loss", "val_acc")
 
@@ -115,7 +112,6 @@ def test_smoke_sweep_on_slurm_queues_every_run_once(
     assert all(f"slurm {job_id}" in out for job_id in job_ids(root))
 
 
-@pytest.mark.skipif(SSL is None, reason="no SSL method with a pretraining stage is registered yet")
 def test_finetune_waits_for_its_pretraining_job_then_aggregation_runs(
     tmp_path, data_root, tracking_uri, slurm_cluster, slurm_cleanup
 ):
@@ -184,7 +180,7 @@ def test_a_real_failure_is_reported_with_its_reason_and_not_retried(
     root = outputs / "slurm_fail"
     slurm_cleanup(root)
     env = {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": tracking_uri}
-    methods = f"[{SSL}]" if SSL else "[supervised]"
+    methods = f"[{SSL}]"
     args = [
         "sweeps/smoke.yaml",
         *SLURM,
@@ -222,6 +218,5 @@ def test_a_real_failure_is_reported_with_its_reason_and_not_retried(
     failed = lines[first["key"]]
     assert " failed " in failed and f"slurm {first['job_id']} FAILED (exit" in failed, out
     assert "RuntimeError: runtime.device is 'cuda'" in failed, out
-    if SSL:
-        dependent = slurm_records(root)[1]
-        assert "CANCELLED (its pretraining job failed)" in lines[dependent["key"]], out
+    dependent = slurm_records(root)[1]
+    assert "CANCELLED (its pretraining job failed)" in lines[dependent["key"]], out

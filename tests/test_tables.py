@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ssl_hpc.evaluate.metrics import mean_class_accuracy
 from ssl_hpc.evaluate.tables import (
     ACCURACY,
     MEAN_CLASS_ACCURACY,
@@ -17,7 +18,6 @@ from ssl_hpc.evaluate.tables import (
     display_frame,
     latex,
     markdown,
-    mean_class_accuracy,
     read_class_table,
     write_class_table,
     write_frame,

@@ -118,13 +118,8 @@ class RunRecord:
 
 
 def parse_class_names(tag: str) -> list[str]:
-    """The ``class_names`` tag: a JSON list (BloodMNIST's names contain commas); older runs joined them with
-    commas."""
-    try:
-        names = json.loads(tag)
-    except ValueError:
-        return [name for name in tag.split(",") if name]
-    return [str(name) for name in names] if isinstance(names, list) else []
+    """The ``class_names`` tag: a JSON list (not comma-joined: BloodMNIST's names contain commas)."""
+    return [str(name) for name in json.loads(tag)] if tag else []
 
 
 def finished_finetune_runs(tracker: SweepTracker) -> list[Run]:

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ssl_hpc.evaluate.metrics import prediction_mean_class_accuracy
+
 FUSION_RULES = ("product", "mean", "vote", "max_confidence", "stacking", "greedy")
 FITTED_RULES = ("stacking", "greedy")
 GREEDY_METRICS = ("accuracy", "mean_class_accuracy")
@@ -161,10 +163,7 @@ def _score(labels: np.ndarray, predictions: np.ndarray, metric: str, num_classes
     if metric == "accuracy":
         return float((predictions == labels).mean())
     if metric == "mean_class_accuracy":
-        support = np.bincount(labels, minlength=num_classes)
-        hits = np.bincount(labels[predictions == labels], minlength=num_classes)
-        present = support > 0
-        return float((hits[present] / support[present]).mean())
+        return prediction_mean_class_accuracy(labels, predictions, num_classes)
     raise ValueError(f"unknown greedy metric {metric!r}; accepted: {', '.join(GREEDY_METRICS)}")
 
 

@@ -8,6 +8,9 @@ moyenne", i.e. balanced accuracy (the mean of per-class recalls).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 from sklearn.metrics import (
     cohen_kappa_score,
@@ -40,6 +43,19 @@ def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
         return np.where(support > 0, np.diag(matrix) / np.maximum(support, 1), np.nan)
 
 
+def mean_class_accuracy(class_accuracies: Sequence[float] | np.ndarray) -> float:
+    """The mean of the per-class accuracies, classes absent from the labels (NaN) ignored: the thesis's
+    "Accuracy moyenne", MLflow's ``test_balanced_acc``. NaN when no class is present."""
+    values = np.asarray(class_accuracies, dtype=np.float64)
+    return float(np.nanmean(values)) if not np.all(np.isnan(values)) else math.nan
+
+
+def prediction_mean_class_accuracy(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    """:func:`mean_class_accuracy` of hard predictions."""
+    matrix = confusion_matrix(labels, predictions, labels=np.arange(num_classes))
+    return mean_class_accuracy(per_class_accuracy(matrix))
+
+
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, prefix: str = "test_") -> dict[str, float]:
     """All single-number metrics of one prediction set, named as MLflow shows them."""
     labels = np.asarray(labels)
@@ -50,7 +66,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, prefix: str = 
     class_accuracy = per_class_accuracy(matrix)
     metrics = {
         f"{prefix}acc": float((predictions == labels).mean()),
-        f"{prefix}balanced_acc": float(np.nanmean(class_accuracy)),
+        f"{prefix}balanced_acc": mean_class_accuracy(class_accuracy),
         f"{prefix}auc": medmnist_auc(labels, probs),
         f"{prefix}f1_macro": float(
             f1_score(labels, predictions, labels=np.arange(num_classes), average="macro", zero_division=0)

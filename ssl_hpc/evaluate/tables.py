@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ssl_hpc.evaluate.metrics import mean_class_accuracy
+
 ROW = "row"
 ACCURACY = "accuracy"
 MEAN_CLASS_ACCURACY = "mean_class_accuracy"
@@ -69,14 +71,7 @@ class Column:
         return int(self.class_accuracy.shape[1])
 
     def mean_class_accuracy_per_seed(self) -> np.ndarray:
-        with np.errstate(invalid="ignore"):
-            return np.array([np.nanmean(row) if not np.all(np.isnan(row)) else np.nan for row in self.class_accuracy])
-
-
-def mean_class_accuracy(class_accuracies: Sequence[float]) -> float:
-    """The thesis's "Accuracy moyenne": the mean of the per-class accuracies (classes absent: ignored)."""
-    values = np.asarray(class_accuracies, dtype=np.float64)
-    return float(np.nanmean(values)) if not np.all(np.isnan(values)) else math.nan
+        return np.array([mean_class_accuracy(row) for row in self.class_accuracy])
 
 
 def _nanmean(values: np.ndarray, axis: int = 0) -> np.ndarray:
