@@ -436,11 +436,42 @@ wait_node_idle() {
     done
 }
 
+# The state folder is under /tmp by default, where anyone can create a path first. This script runs
+# as root: it refuses a folder (or anything inside it that it writes) that someone else could have
+# planted or can change -- a symlink, a folder not owned by root, a group- or world-writable folder --
+# rather than write through it.
+check_state_folder() {
+    if [[ -L $STATE ]]; then
+        die "state folder $STATE is a symbolic link; remove it or set SSL_HPC_SLURM_DIR to a folder of your own"
+    fi
+    if [[ ! -e $STATE ]]; then
+        mkdir -m 755 "$STATE" || die "could not create the state folder $STATE"
+    fi
+    local owner mode
+    owner=$(stat -c %u "$STATE") mode=$(stat -c %a "$STATE")
+    [[ -d $STATE ]] || die "state folder $STATE is not a folder"
+    ((owner == 0)) || die "state folder $STATE is owned by uid $owner, not root: someone else could have planted \
+it; remove it or set SSL_HPC_SLURM_DIR"
+    ((8#$mode & 8#022)) && die "state folder $STATE is group- or world-writable (mode $mode); remove it or set \
+SSL_HPC_SLURM_DIR"
+    local path
+    for path in "$ETC" "$LOGD" "$RUND" "$SPOOL" "$SPOOL/slurmctld" "$SPOOL/slurmd" "$DBDIR" "$MUNGEDIR" \
+        "$ETC/dbpass" "$ETC/slurm.conf" "$ETC/slurmdbd.conf" "$ETC/cgroup.conf"; do
+        if [[ -L $path ]]; then
+            die "$path is a symbolic link; refusing to write through it (remove $STATE to start afresh)"
+        fi
+        if [[ -e $path && $(stat -c %u "$path") != 0 && $path != "$DBDIR" && $path != "$MUNGEDIR" ]]; then
+            die "$path is not owned by root; refusing to use it (remove $STATE to start afresh)"
+        fi
+    done
+}
+
 # ------------------------------------------------------------------- main ---
 
+check_state_folder
 install_packages
 
-install -d -m 755 "$STATE" "$ETC" "$LOGD" "$RUND" "$SPOOL" "$SPOOL/slurmctld" "$SPOOL/slurmd"
+install -d -m 755 "$ETC" "$LOGD" "$RUND" "$SPOOL" "$SPOOL/slurmctld" "$SPOOL/slurmd"
 
 if [[ ! -s $ETC/dbpass ]]; then
     (umask 077 && head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$ETC/dbpass")
