@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import random
+import re
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -140,6 +141,16 @@ def store_lock(tracking_uri: str):
         return
     with exclusive_lock(database.parent / f".{database.name}.init-lock"):
         yield
+
+
+def multi_node_problem(tracking_uri: str) -> str | None:
+    """Why jobs on other machines cannot log to ``tracking_uri``, or ``None`` if they can: a SQLite file
+    (unsafe on a shared filesystem, invisible on a node's local disk) or this machine's loopback address."""
+    if local_database(tracking_uri) is not None:
+        return f"{tracking_uri} is a SQLite file, which jobs on other nodes cannot share safely"
+    if re.match(r"^https?://(127\.|localhost|\[?::1)", tracking_uri):
+        return f"{tracking_uri} is this machine's loopback address, which other nodes cannot reach"
+    return None
 
 
 def pick_run(runs: Iterable[Run]) -> Run | None:

@@ -271,3 +271,19 @@ def test_hostile_checkpoint_of_a_real_run_resumes_from_epoch_0_into_one_finished
     assert "checkpoint_discarded" in runs[0].data.tags and runs[0].data.tags["restarted_from_epoch"] == "0"
     assert len(list(workdir.glob(f"{LAST}.corrupt-*"))) == 1  # the bad file is kept for a look
     assert "test_acc" in runs[0].data.metrics
+
+
+# --------------------------------------------------------------------------- Ray joins only what it can use
+
+
+def test_hostile_ray_cluster_on_other_machines_refuses_a_sqlite_store():
+    from ssl_hpc.launchers.ray import check_ray_tracking
+
+    sqlite = "sqlite:////shared/mlflow.db"
+    check_ray_tracking(sqlite, {"10.0.0.5"}, here="10.0.0.5")  # every node is this machine: safe
+    check_ray_tracking(sqlite, {"10.0.0.5", "127.0.0.1"}, here="10.0.0.5")
+    with pytest.raises(ConfigError, match="SQLite.*10.0.0.6"):
+        check_ray_tracking(sqlite, {"10.0.0.5", "10.0.0.6"}, here="10.0.0.5")
+    with pytest.raises(ConfigError, match="loopback"):
+        check_ray_tracking("http://127.0.0.1:5000", {"10.0.0.5", "10.0.0.6"}, here="10.0.0.5")
+    check_ray_tracking("http://10.0.0.5:5000", {"10.0.0.5", "10.0.0.6"}, here="10.0.0.5")

@@ -24,6 +24,7 @@ from pathlib import Path
 from ssl_hpc.config import ConfigError, RaySettings
 from ssl_hpc.jobs import Job, order_jobs
 from ssl_hpc.runner import run_job
+from ssl_hpc.tracking import multi_node_problem
 from ssl_hpc.train.handle import RunContext
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,19 @@ def worker_env(project_root: Path, context: RunContext) -> dict[str, str]:
     return env
 
 
+def check_ray_tracking(tracking_uri: str, node_addresses: set[str], here: str) -> None:
+    """A Ray cluster with nodes on other machines needs a tracking server they all reach (a SQLite file on a
+    shared filesystem, written by every node, corrupts)."""
+    elsewhere = sorted(node_addresses - {here, "127.0.0.1"})
+    problem = multi_node_problem(tracking_uri) if elsewhere else None
+    if problem:
+        raise ConfigError(
+            f"tracking: {problem}, and the Ray cluster at ray.address has nodes on other machines "
+            f"({', '.join(elsewhere)}). Serve MLflow on an address they reach (MLFLOW_HOST=... mlflow/serve.sh) and "
+            "export MLFLOW_TRACKING_URI=http://<that address>:5000."
+        )
+
+
 @contextmanager
 def ray_session(settings: RaySettings, project_root: Path, context: RunContext) -> Iterator[None]:
     """Connects to (or starts, then stops) the Ray instance the settings name."""
@@ -90,6 +104,9 @@ def ray_session(settings: RaySettings, project_root: Path, context: RunContext) 
     except ConnectionError as error:
         raise ConfigError(f"ray.address: cannot connect to a Ray cluster at {settings.address!r} ({error})") from None
     try:
+        if settings.address:
+            nodes = {node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")}
+            check_ray_tracking(context.tracking_uri, nodes, ray.util.get_node_ip_address())
         yield
     finally:
         ray.shutdown()

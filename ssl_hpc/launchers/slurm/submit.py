@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import re
 import subprocess
 import time
 from collections.abc import Mapping
@@ -46,7 +45,7 @@ from ssl_hpc.launchers.slurm.records import (
 )
 from ssl_hpc.launchers.slurm.sbatch import executor_for, submit_array
 from ssl_hpc.runner import RunLock
-from ssl_hpc.tracking import FINISHED, SweepTracker, local_database
+from ssl_hpc.tracking import FINISHED, SweepTracker, multi_node_problem
 from ssl_hpc.train.handle import RunContext
 
 log = logging.getLogger(__name__)
@@ -70,20 +69,12 @@ class SubmitReport:
 
 def check_tracking(tracking_uri: str, profile: SlurmProfile, profile_name: str) -> None:
     """Jobs on other nodes can neither share a SQLite file safely nor reach the login node's 127.0.0.1."""
-    if profile.single_node:
-        return
-    if local_database(tracking_uri) is not None:
+    problem = None if profile.single_node else multi_node_problem(tracking_uri)
+    if problem:
         raise ConfigError(
-            f"tracking: {tracking_uri} is a SQLite file, which jobs on other nodes cannot share safely "
-            f"(profile {profile_name!r} is not single_node). Start the tracking server on the login node "
-            f"(MLFLOW_HOST=<address the nodes reach> mlflow/serve.sh) and export "
+            f"tracking: {problem} (profile {profile_name!r} is not single_node). Start the tracking server on "
+            f"the login node (MLFLOW_HOST=<address the nodes reach> mlflow/serve.sh) and export "
             f"MLFLOW_TRACKING_URI=http://<that address>:5000 before submitting."
-        )
-    if re.match(r"^https?://(127\.|localhost|\[?::1)", tracking_uri):
-        raise ConfigError(
-            f"tracking: {tracking_uri} is this machine's loopback address, which compute nodes cannot reach "
-            f"(profile {profile_name!r} is not single_node); serve MLflow on an address the nodes reach "
-            f"(MLFLOW_HOST=... mlflow/serve.sh) and export MLFLOW_TRACKING_URI=http://<login node>:<port>."
         )
 
 
