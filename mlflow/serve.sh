@@ -6,6 +6,7 @@
 #   mlflow/serve.sh                      # UI on http://127.0.0.1:5000
 #   MLFLOW_PORT=5050 mlflow/serve.sh     # another port
 #   MLFLOW_HOST=0.0.0.0 mlflow/serve.sh  # every interface: only on a trusted network
+#   PYTHON=/path/to/python mlflow/serve.sh  # default: the checkout's .venv, else python3
 #
 # Jobs log over HTTP when MLFLOW_TRACKING_URI=http://<host>:<port> is exported before the sweep.
 # MLflow accepts only Host headers of localhost and private IPs by default; when MLFLOW_HOST is not
@@ -17,7 +18,18 @@ host="${MLFLOW_HOST:-127.0.0.1}"
 port="${MLFLOW_PORT:-5000}"
 store="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$here/mlflow.db}"
 artifacts="${MLFLOW_ARTIFACTS_DESTINATION:-$here/artifacts}"
-python="${PYTHON:-$(command -v python || command -v python3)}"
+# The project's virtual environment first (a newcomer need not activate it), then whatever python has mlflow.
+if [[ -n ${PYTHON:-} ]]; then
+    python=$PYTHON
+elif [[ -x $here/../.venv/bin/python ]]; then
+    python=$here/../.venv/bin/python
+else
+    python=$(command -v python3 || command -v python)
+fi
+(cd / && "$python" -c "import mlflow.server") 2>/dev/null || {
+    echo "mlflow/serve.sh: $python cannot import mlflow; create the environment first (see README.md) or set PYTHON" >&2
+    exit 2
+}
 mkdir -p "$artifacts"
 extra=()
 case "$host" in
