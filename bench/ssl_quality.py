@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does self-supervised pretraining learn anything? SSL features against random features.
 
-An SSL method (``--method``, default SimCLR) pretrains a ResNet-18 for a few epochs on the PneumoniaMNIST
+An SSL method (``--method``, default SimCLR) pretrains a backbone (``--backbone``, default ResNet-18) for a few epochs on the PneumoniaMNIST
 train split (no labels); then
 the same frozen linear probe (the fine-tune stage's ``frozen`` mode with a linear head) is trained
 on its features and on the features of a randomly initialised ResNet-18 of the same architecture
@@ -22,7 +22,7 @@ import json
 from _common import run_sweep_in_temporary_store
 
 
-def recipe(method: str, pretrain_epochs: int, probe_epochs: int) -> dict:
+def recipe(method: str, backbone: str, pretrain_epochs: int, probe_epochs: int) -> dict:
     return {
         "name": "bench-ssl-quality",
         "seeds": [621],
@@ -30,7 +30,7 @@ def recipe(method: str, pretrain_epochs: int, probe_epochs: int) -> dict:
             "dataset": ["pneumoniamnist"],
             "size": [28],
             "method": [method, "random_init"],
-            "backbone": ["resnet18"],
+            "backbone": [backbone],
             "label_fraction": [1.0],
             "class_weight": ["none"],
             "finetune": ["frozen"],
@@ -53,18 +53,20 @@ def recipe(method: str, pretrain_epochs: int, probe_epochs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="simclr", help="the SSL method (its own pretraining defaults)")
+    parser.add_argument("--backbone", default="resnet18", help="e.g. vit_mini for MAE and AIM (both models use it)")
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--probe-epochs", type=int, default=15)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     jobs, metrics, minutes = run_sweep_in_temporary_store(
-        recipe(args.method, args.pretrain_epochs, args.probe_epochs), args.overrides
+        recipe(args.method, args.backbone, args.pretrain_epochs, args.probe_epochs), args.overrides
     )
     probe = {job.config.method: metrics[job.key] for job in jobs if job.stage == "finetune"}
     pretrain = next(metrics[job.key] for job in jobs if job.stage == "pretrain")
     ssl_auc, random_auc = probe[args.method]["test_auc"], probe["random_init"]["test_auc"]
     result = {
         "method": args.method,
+        "backbone": args.backbone,
         "ssl_probe_auc": round(ssl_auc, 4),
         "random_probe_auc": round(random_auc, 4),
         "auc_gain": round(ssl_auc - random_auc, 4),

@@ -117,6 +117,8 @@ def _relevant_pretrain(settings: PretrainSettings, method: str, view_preset: str
     reset: dict[str, object] = {}
     if method != "mae":
         reset["mask_ratio"] = defaults.mask_ratio
+    if method != "aim":
+        reset["aim_target"] = defaults.aim_target
     if view_preset != "contrastive":  # crop and flip only: no colour, grayscale or blur
         reset.update(
             color_jitter=defaults.color_jitter, gray_scale_prob=defaults.gray_scale_prob, blur_prob=defaults.blur_prob

@@ -197,3 +197,41 @@ def test_momentum_teacher_starts_from_weights_loaded_into_the_backbone(method):
     for teacher in teachers:
         for name, tensor in teacher.state_dict().items():
             assert torch.equal(tensor, donor.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("target", ["next_patch", "same_patch"])
+def test_aim_next_patch_prediction_never_sees_its_target(target):
+    """AIM regresses the *next* patch: the prediction paired with patch t comes from positions that cannot
+    see patch t. lightly's example (``same_patch``, the thesis's AIM) pairs position t with patch t, which
+    causal attention lets it see: it can learn to copy its input."""
+    torch.manual_seed(0)
+    request = BackboneRequest(in_channels=1, image_size=SIZE, vit_pool="avg")
+    model = METHODS["aim"].build_pretext("vit_mini", request, PretrainSettings(aim_target=target)).eval()
+    images = torch.rand(2, 1, SIZE, SIZE)
+    mask = torch.ones(2, model.num_patches, dtype=torch.bool)  # no prefix: every position causal
+    size, per_row = model.patch_size, SIZE // model.patch_size
+    t = model.num_patches // 2
+    perturbed = images.clone()
+    top, left = (t // per_row) * size, (t % per_row) * size
+    perturbed[:, :, top : top + size, left : left + size] = torch.rand(2, 1, size, size)
+    with torch.no_grad():
+        before, targets, counted = model.predictions_and_targets(images, mask)
+        after, new_targets, _ = model.predictions_and_targets(perturbed, mask)
+    pair = t - 1 if target == "next_patch" else t  # the pair whose target is patch t
+    assert not torch.allclose(targets[:, pair], new_targets[:, pair])  # its target did change
+    assert bool(counted[:, pair].all())
+    if target == "next_patch":
+        assert torch.allclose(before[:, pair], after[:, pair], atol=1e-6)  # ... its prediction cannot know
+        assert torch.allclose(before[:, : pair + 1], after[:, : pair + 1], atol=1e-6)
+    else:
+        assert not torch.allclose(before[:, pair], after[:, pair], atol=1e-4)
+
+
+def test_aim_next_patch_loss_leaves_the_prefix_out():
+    torch.manual_seed(0)
+    request = BackboneRequest(in_channels=1, image_size=SIZE, vit_pool="avg")
+    model = METHODS["aim"].build_pretext("vit_mini", request, PretrainSettings())
+    mask = torch.zeros(1, model.num_patches, dtype=torch.bool)
+    mask[:, 10:] = True  # a prefix of 10 patches
+    _, _, counted = model.predictions_and_targets(torch.rand(1, 1, SIZE, SIZE), mask)
+    assert counted[0].tolist() == [False] * 9 + [True] * (model.num_patches - 10)  # targets 10.. only
