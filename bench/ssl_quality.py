@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Does self-supervised pretraining learn anything? SSL features against random features.
 
-An SSL method (``--method``, default SimCLR) pretrains a backbone (``--backbone``, default ResNet-18) for a few epochs on the PneumoniaMNIST
-train split (no labels); then
+An SSL method (``--method``, default SimCLR) pretrains a backbone (``--backbone``, default ResNet-18)
+for a few epochs on the PneumoniaMNIST train split (no labels); then
 the same frozen linear probe (the fine-tune stage's ``frozen`` mode with a linear head) is trained
-on its features and on the features of a randomly initialised ResNet-18 of the same architecture
+on its features and on the features of a randomly initialised backbone of the same architecture
 (the ``random_init`` method). Both probes see the same labels, epochs and optimiser; the only
 difference is the backbone's weights. Test AUC is the figure; SSL must win clearly.
 
