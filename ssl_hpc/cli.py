@@ -1,6 +1,10 @@
 """The command lines, the only place that parses arguments and prints: ``launch/sweep.py``
 (:func:`sweep_main`), ``launch/aggregate.py`` (:func:`aggregate_main`), ``launch/tune.py`` (:func:`tune_main`),
-and the ``ssl-hpc sweep|aggregate|tune|status`` console script (:func:`main`) that wraps the three."""
+and the ``ssl-hpc sweep|aggregate|tune|status`` console script (:func:`main`) that wraps the three.
+
+Only the configuration (which imports nothing heavy) is imported at the top: a sweep with a bad field is
+refused before torch, MLflow or Ray load, in a fraction of a second. Everything else is imported where it
+is used, after the sweep was validated."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ssl_hpc.config import (
     BACKENDS,
@@ -20,13 +25,10 @@ from ssl_hpc.config import (
     read_yaml,
     validate_sweep,
 )
-from ssl_hpc.data.image_folder import DatasetFolderError
-from ssl_hpc.data.loading import ensure_dataset
-from ssl_hpc.data.medmnist import DatasetMissingError
-from ssl_hpc.jobs import Job, check_registered_names, expand_jobs
-from ssl_hpc.models.pretrained import PretrainedWeightsMissing, ensure_weights
-from ssl_hpc.tracking import FINISHED, KILLED, SweepTracker, git_state, resolve_tracking_uri
-from ssl_hpc.train.handle import RunContext
+
+if TYPE_CHECKING:
+    from ssl_hpc.jobs import Job
+    from ssl_hpc.train.handle import RunContext
 
 log = logging.getLogger("ssl_hpc")
 
@@ -59,6 +61,9 @@ def output_root(sweep: SweepConfig, project_root: Path) -> Path:
 
 
 def make_context(sweep: SweepConfig, project_root: Path, progress: bool) -> RunContext:
+    from ssl_hpc.tracking import git_state, resolve_tracking_uri
+    from ssl_hpc.train.handle import RunContext
+
     return RunContext(
         sweep_name=sweep.name,
         tracking_uri=resolve_tracking_uri(project_root),
@@ -84,6 +89,9 @@ def format_jobs(jobs: list[Job]) -> str:
 def prepare_data(sweep: SweepConfig, jobs: list[Job], data_root: Path) -> None:
     """Makes sure every dataset is there before anything runs or is submitted: MedMNIST files are
     downloaded here (on the login node) if allowed; image folders are indexed and split."""
+    from ssl_hpc.data.loading import ensure_dataset
+    from ssl_hpc.models.pretrained import ensure_weights
+
     needed = set()
     for job in jobs:
         needed.add((job.config.dataset, job.config.size))
@@ -106,6 +114,8 @@ def sweep_main(argv: list[str], project_root: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         sweep = load_sweep(args.sweep, args.overrides)
+        from ssl_hpc.jobs import check_registered_names, expand_jobs  # the registries: torch, lightly, timm
+
         check_registered_names(sweep, source=args.sweep)
         jobs = expand_jobs(sweep)
     except ConfigError as error:
@@ -122,6 +132,10 @@ def sweep_main(argv: list[str], project_root: Path) -> int:
     if refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
+    from ssl_hpc.data.image_folder import DatasetFolderError
+    from ssl_hpc.data.medmnist import DatasetMissingError
+    from ssl_hpc.models.pretrained import PretrainedWeightsMissing
+
     try:
         prepare_data(sweep, jobs, context.data_root)
     except (DatasetMissingError, DatasetFolderError, PretrainedWeightsMissing) as error:
@@ -152,6 +166,7 @@ def print_status(backend: str, jobs: list[Job], context: RunContext) -> int:
     """One row per job. A sweep submitted to Slurm combines MLflow with Slurm's view (one squeue, one sacct)."""
     from ssl_hpc.launchers.slurm import load_records, slurm_statuses
     from ssl_hpc.status import format_status, local_statuses
+    from ssl_hpc.tracking import SweepTracker
 
     tracker = SweepTracker.existing(context.tracking_uri, context.sweep_name)
     rows = slurm_statuses(jobs, tracker, context.output_root) if load_records(context.output_root) else None
@@ -259,6 +274,8 @@ def aggregate_main(argv: list[str], project_root: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         sweep = load_sweep(args.sweep, args.overrides)
+        from ssl_hpc.jobs import check_registered_names
+
         check_registered_names(sweep, str(args.sweep))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -310,6 +327,8 @@ def tune_main(argv: list[str], project_root: Path) -> int:
         if sweep.tune is None:
             raise ConfigError(f"{source}: tune: required by launch/tune.py (search space, metric, scheduler)")
         validate_space(raw, sweep.tune, source)
+        from ssl_hpc.jobs import check_registered_names
+
         check_registered_names(sweep, source)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -323,6 +342,7 @@ def tune_main(argv: list[str], project_root: Path) -> int:
         return 0
 
     from ssl_hpc.data.medmnist import DatasetMissingError
+    from ssl_hpc.tracking import FINISHED, KILLED, SweepTracker
 
     context = make_context(sweep, project_root, progress=False)
     try:

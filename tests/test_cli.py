@@ -99,3 +99,21 @@ def test_the_real_entry_point_exits_nonzero(tmp_path):
     assert result.returncode == 2
     assert "grid.method" in result.stderr and "mocov3" in result.stderr
     assert not (tmp_path / "m").exists() and not (tmp_path / "o").exists()
+
+
+def test_a_bad_sweep_is_refused_before_torch_is_imported(tmp_path):
+    """Fast refusal: the sweep's schema is checked before torch, MLflow or Ray are imported."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: t\ngrid:\n  dataset: [pneumoniamnist]\n  method: [supervised]\nfinetune: {epochs: -1}\n")
+    code = (
+        "import sys; from pathlib import Path; from ssl_hpc.cli import sweep_main; "
+        f"code = sweep_main([{str(bad)!r}], Path('.')); "
+        "heavy = [m for m in ('torch', 'mlflow', 'ray') if m in sys.modules]; "
+        "assert code == 2 and not heavy, (code, heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "finetune.epochs" in result.stderr
