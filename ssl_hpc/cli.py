@@ -33,23 +33,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("ssl_hpc")
 
 
+def sweep_parser(prog: str, description: str, sweep_help: str, set_example: str) -> argparse.ArgumentParser:
+    """What every command takes: a sweep file and ``--set dotted.key=value`` overrides."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("sweep", type=Path, help=sweep_help)
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="dotted.key=value", help=set_example
+    )
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = sweep_parser(
         prog="launch/sweep.py",
         description="Expand a sweep YAML into pretraining and fine-tuning jobs and run them.",
+        sweep_help="the sweep YAML (e.g. sweeps/smoke.yaml)",
+        set_example="override a sweep field, e.g. --set finetune.epochs=5 (repeatable)",
     )
-    parser.add_argument("sweep", type=Path, help="the sweep YAML (e.g. sweeps/smoke.yaml)")
     parser.add_argument("--backend", choices=BACKENDS, help="where jobs run (default: the sweep's 'backend')")
     parser.add_argument("--dry-run", action="store_true", help="list every job, its key and dependencies; run nothing")
     parser.add_argument("--status", action="store_true", help="one row per job: pending / running / finished / failed")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="dotted.key=value",
-        help="override a sweep field, e.g. --set finetune.epochs=5 (repeatable)",
-    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -248,20 +251,12 @@ def aggregate_at_the_end(sweep: SweepConfig, context: RunContext, project_root: 
 
 
 def aggregate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    return sweep_parser(
         prog="launch/aggregate.py",
         description="Fusion ensembles, tables, statistics and plots from a sweep's finished fine-tune runs.",
+        sweep_help="the sweep YAML (e.g. sweeps/smoke.yaml)",
+        set_example="override a sweep field, e.g. --set aggregate.rules=[product,vote] (repeatable)",
     )
-    parser.add_argument("sweep", type=Path, help="the sweep YAML (e.g. sweeps/smoke.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="dotted.key=value",
-        help="override a sweep field, e.g. --set aggregate.rules=[product,vote] (repeatable)",
-    )
-    return parser
 
 
 def aggregate_main(argv: list[str], project_root: Path) -> int:
@@ -298,17 +293,11 @@ def aggregate_main(argv: list[str], project_root: Path) -> int:
 
 
 def tune_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="launch/tune.py", description="Hyperparameter search with Ray Tune (ASHA); one MLflow run per trial."
-    )
-    parser.add_argument("sweep", type=Path, help="a sweep YAML with a tune: section (e.g. sweeps/tune_smoke.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="dotted.key=value",
-        help="override a sweep field (repeatable)",
+    parser = sweep_parser(
+        prog="launch/tune.py",
+        description="Hyperparameter search with Ray Tune (ASHA); one MLflow run per trial.",
+        sweep_help="a sweep YAML with a tune: section (e.g. sweeps/tune_smoke.yaml)",
+        set_example="override a sweep field (repeatable)",
     )
     parser.add_argument("--dry-run", action="store_true", help="validate the search space and exit")
     return parser
