@@ -240,6 +240,8 @@ def test_tables_fusions_metrics_and_rerun(project, capsys):
     assert others["paired_test"].str.startswith("mcnemar").all() and others["p_value"].between(0, 1).all()
     assert (summary["accuracy_ci_low"] <= summary["accuracy"]).all()
     assert (summary["accuracy"] <= summary["accuracy_ci_high"]).all()
+    assert (summary["interval_covers"] == "test examples only").all()  # one seed: said plainly
+    assert "do NOT cover training noise" in next(results.glob("table_*.md")).read_text()
     assert len(pd.read_csv(results / "paired_tests.csv")) == len(others)
 
     # --- plots
@@ -335,7 +337,7 @@ def test_mismatched_split_digest_makes_the_fusion_refuse(project, capsys):
     assert not math.isnan(full.loc["accuracy", "mocov2/frozen"])
 
 
-def test_several_seeds_mean_std_and_paired_bootstrap(project):
+def test_several_seeds_mean_std_seed_interval_and_holm(project):
     root = project["root"]
     assert (
         aggregate_main(
@@ -367,7 +369,10 @@ def test_several_seeds_mean_std_and_paired_bootstrap(project):
         assert table.loc["mean_class_accuracy", name] == pytest.approx(table[name].iloc[:K].mean())
     summary = pd.read_csv(results / "summary.csv")
     assert (summary["n_seeds"] == 3).all()
-    assert (summary.loc[summary["kind"] != "reference", "paired_test"] == "paired_bootstrap").all()
+    compared = summary[summary["kind"] != "reference"]
+    assert (compared["paired_test"] == "paired_t_over_seeds").all()  # a test across seeds, paired by seed
+    assert (compared["p_holm"] >= compared["p_value"]).all() and compared["p_holm"].notna().all()
+    assert (summary["interval_covers"] == "seeds and test examples").all()
     assert len(pd.read_csv(results / "paired_tests.csv")) == 3 * 3  # McNemar per seed for each non-reference
     assert summary["cpu_hours"].tolist()[:3] == pytest.approx([FINETUNE_SECONDS / 3600] * 3)
     assert (summary["gpu_hours"] == 0).all()

@@ -124,3 +124,42 @@ def test_paired_bootstrap():
 
 def test_format_p():
     assert format_p(0.0001) == "<0.001" and format_p(0.25) == "0.250" and format_p(float("nan")) == ""
+
+
+def test_holm_matches_a_hand_computation():
+    from ssl_hpc.evaluate.stats import holm
+
+    # m = 4 (NaN left out): sorted 0.01, 0.02, 0.03, 0.04 times 4, 3, 2, 1 = 0.04, 0.06, 0.06, 0.04; monotone: 0.06
+    adjusted = holm([0.03, 0.01, float("nan"), 0.04, 0.02])
+    assert np.allclose(adjusted[[1, 4, 0, 3]], [0.04, 0.06, 0.06, 0.06])
+    assert np.isnan(adjusted[2])
+    assert holm([0.5, 0.9]).tolist() == [1.0, 1.0]  # capped at 1
+
+
+def test_seed_paired_t_test_matches_scipy():
+    from scipy.stats import ttest_rel
+
+    from ssl_hpc.evaluate.stats import seed_paired_t_test
+
+    reference = [0.81, 0.83, 0.80, 0.84, 0.82]
+    model = [0.84, 0.85, 0.81, 0.88, 0.83]
+    ours = seed_paired_t_test(reference, model)
+    expected = ttest_rel(model, reference)
+    assert ours.statistic == pytest.approx(expected.statistic) and ours.p_value == pytest.approx(expected.pvalue)
+    assert np.isnan(seed_paired_t_test([0.8], [0.9]).p_value)  # one seed: no test across seeds
+
+
+def test_seed_interval_covers_training_noise_that_the_example_bootstrap_ignores():
+    """Three seeds that disagree by several points on the same 400 test examples: the hierarchical interval
+    (seeds, then examples) must be wider than the example-only bootstrap, and equal it with one seed."""
+    from ssl_hpc.evaluate.stats import bootstrap_ci, hierarchical_bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    predictions = np.stack([np.where(rng.random(400) < accuracy, labels, 1 - labels) for accuracy in (0.7, 0.8, 0.9)])
+    example_low, example_high = bootstrap_ci(labels, predictions, seed=3)
+    seed_low, seed_high = hierarchical_bootstrap_ci(labels, predictions, seed=3)
+    assert seed_high - seed_low > 2 * (example_high - example_low)
+    assert seed_low < predictions.__eq__(labels).mean() < seed_high
+    one = predictions[:1]
+    assert hierarchical_bootstrap_ci(labels, one, seed=3) == pytest.approx(bootstrap_ci(labels, one, seed=3))

@@ -1,11 +1,14 @@
-"""Statistics of one column: bootstrap intervals of its seed-averaged scores, and the paired test
-against the reference model.
+"""Statistics of one column: intervals of its seed-averaged scores, and the test against the reference.
 
-The intervals resample test examples (the same resampling weights for every column of a given test
-set size, so that columns are compared on the same resamples). The paired test compares a column with
-the reference column of the same backbone on the seeds both have, on the same test examples (same
-``split_digest``): McNemar's test per seed, and with several seeds a paired bootstrap of the
-seed-averaged accuracy. The computations themselves live in :mod:`ssl_hpc.evaluate.stats`.
+Intervals: with one seed, a bootstrap of test examples (test sampling only: the tables say so); with
+several, a hierarchical bootstrap (seeds, then examples), which also covers training noise. The same
+resampling weights serve every column of a given test-set size, so columns are compared on the same
+resamples. The test compares a column with the reference column of the same backbone on the seeds both
+have, on the same test examples (same ``split_digest``): with several seeds a paired t-test of per-seed
+accuracy across seeds (is the difference larger than retraining with another seed moves it?); with one
+seed McNemar's test on the examples. McNemar per seed and the paired bootstrap of examples are kept
+beside it. The table applies Holm's correction over its comparisons (:mod:`ssl_hpc.aggregate.table`).
+The computations themselves live in :mod:`ssl_hpc.evaluate.stats`.
 """
 
 from __future__ import annotations
@@ -30,11 +33,19 @@ def column_statistics(
         labels = column.outcomes[seeds[0]].labels
         predictions = np.stack([column.outcomes[s].predictions for s in seeds])
         weights = _weights(len(labels), settings, weights_cache)
+        interval = stats.hierarchical_bootstrap_ci if len(seeds) > 1 else stats.bootstrap_ci
         for score in stats.SCORES:
-            low, high = stats.bootstrap_ci(
-                labels, predictions, score, confidence=settings.confidence, num_classes=num_classes, weights=weights
+            low, high = interval(
+                labels,
+                predictions,
+                score,
+                confidence=settings.confidence,
+                seed=settings.stats_seed,
+                num_classes=num_classes,
+                weights=weights,
             )
             row[f"{score}_ci_low"], row[f"{score}_ci_high"] = 100 * low, 100 * high
+        row["interval_covers"] = "seeds and test examples" if len(seeds) > 1 else "test examples only"
     if reference is None or column is reference:
         return row
     shared = [
@@ -74,7 +85,12 @@ def column_statistics(
             num_classes=num_classes,
             weights=_weights(len(labels), settings, weights_cache),
         )
-        row["paired_test"], row["p_value"] = "paired_bootstrap", paired.p_value
+        row["p_examples"] = paired.p_value  # test sampling only, seeds averaged
+        across = stats.seed_paired_t_test(
+            [stats.score(labels, reference.outcomes[s].predictions) for s in shared],
+            [stats.score(labels, column.outcomes[s].predictions) for s in shared],
+        )
+        row["paired_test"], row["p_value"] = "paired_t_over_seeds", across.p_value
     row["paired_seeds"] = len(shared)
     return row
 

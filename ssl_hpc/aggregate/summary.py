@@ -64,10 +64,14 @@ def summary_frame(tables: Sequence[TableResult]) -> tuple[pd.DataFrame, pd.DataF
             row["cpu_hours"] = stats.mean_std([o.cpu_hours for o in column.outcomes.values()])[0]
             row["paired_test"] = info.get("paired_test", "")
             row["p_value"] = info.get("p_value", math.nan)
+            row["p_holm"] = info.get("p_holm", math.nan)
+            row["significant"] = info.get("significant", False)
+            row["interval_covers"] = info.get("interval_covers", "")
             display["labels used"] = "–" if math.isnan(row["n_labels"]) else f"{row['n_labels']:.0f}"
             display["GPU-h"] = f"{row['gpu_hours']:.3f}"
             display["CPU-h"] = f"{row['cpu_hours']:.3f}"
             display["p vs ref."] = stats.format_p(row["p_value"])
+            display["p (Holm)"] = stats.format_p(row["p_holm"]) + (" *" if row["significant"] else "")
             rows.append(row)
             shown.append(display)
     return pd.DataFrame(rows), pd.DataFrame(shown)

@@ -71,6 +71,7 @@ def build_table(
         c.name: column_statistics(c, reference_for(c, references), settings, num_classes, weights_cache)
         for c in columns
     }
+    adjust_for_many_comparisons(statistics, settings.confidence)
     return TableResult(
         stem,
         first.dataset,
@@ -83,6 +84,15 @@ def build_table(
         stds,
         statistics,
     )
+
+
+def adjust_for_many_comparisons(statistics: dict[str, dict], confidence: float) -> None:
+    """Holm's correction over the comparisons with the reference in one table (``p_holm``); a difference
+    is ``significant`` when its corrected p-value is below 1 - confidence."""
+    compared = [name for name, info in statistics.items() if "p_value" in info]
+    for name, adjusted in zip(compared, stats.holm([statistics[n]["p_value"] for n in compared])):
+        statistics[name]["p_holm"] = float(adjusted)
+        statistics[name]["significant"] = bool(adjusted < 1.0 - confidence)
 
 
 def budget_order(fraction: str) -> tuple:
@@ -117,6 +127,7 @@ def write_table(table: TableResult, folder: Path, sweep_name: str, confidence: f
                 f"mean class acc. {100 * confidence:g}% CI": _interval(info, MEAN_CLASS_ACCURACY),
                 "vs reference": info.get("paired_test", ""),
                 "p": stats.format_p(info.get("p_value", math.nan)),
+                "p (Holm)": stats.format_p(info.get("p_holm", math.nan)) + (" *" if info.get("significant") else ""),
             }
         )
     block = markdown(pd.DataFrame(rows), index_label=None)
@@ -125,7 +136,18 @@ def write_table(table: TableResult, folder: Path, sweep_name: str, confidence: f
     else:
         note = "no reference model in this table, so no paired tests."
     md_path = folder / f"{table.stem}.md"
-    md_path.write_text(md_path.read_text() + f"\nBootstrap intervals resample test examples; {note}\n\n" + block)
+    if n_seeds > 1:
+        intervals = (
+            "Intervals resample seeds, then test examples: they cover training noise and test sampling; the test "
+            "against the reference is a paired t-test over seeds"
+        )
+    else:
+        intervals = (
+            "One seed: intervals resample test examples only and do NOT cover training noise (another seed "
+            "trains another model); the test against the reference is McNemar's on the test examples"
+        )
+    significance = f"* marks a difference significant at {1 - confidence:g} after Holm's correction over this table"
+    md_path.write_text(md_path.read_text() + f"\n{intervals}. {significance}; {note}\n\n" + block)
     return paths
 
 

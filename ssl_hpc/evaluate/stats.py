@@ -8,6 +8,11 @@
   the chi-square statistic with continuity correction.
 - :func:`paired_bootstrap`: the paired bootstrap of the difference of two models' seed-averaged
   scores on the same examples, with a two-sided p-value.
+- :func:`hierarchical_bootstrap_ci`: the interval that covers *training noise and test sampling*:
+  seeds resampled, then test examples. With several seeds this is the interval to publish: the two
+  above ignore that another seed would have trained another model.
+- :func:`seed_paired_t_test`: the comparison of two models across seeds, paired by seed (the same seed
+  draws the same label subset for both), and :func:`holm` for the many comparisons of one table.
 """
 
 from __future__ import annotations
@@ -180,6 +185,79 @@ def paired_bootstrap(
         above = (1 + np.sum(differences >= 0)) / (1 + differences.size)
         p = min(1.0, 2.0 * min(below, above))
     return PairedBootstrap(float(observed), float(low), float(high), float(p))
+
+
+def hierarchical_bootstrap_ci(
+    labels,
+    predictions,
+    score: str = "accuracy",
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    num_classes: int | None = None,
+    weights: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Percentile interval of the seed-averaged score from a two-level bootstrap: each resample draws the
+    seeds with replacement, then the test examples with replacement (the same examples for every drawn
+    seed: they share one test split). With one seed it equals :func:`bootstrap_ci`."""
+    predictions = _as_seeds(predictions)
+    n = len(np.asarray(labels))
+    if weights is None:
+        weights = resample_weights(n, n_resamples, seed)
+    per_seed = weighted_scores(labels, predictions, weights, score, num_classes)  # [B, S]
+    seed_counts = resample_weights(predictions.shape[0], len(weights), seed + 1)  # [B, S]
+    present = ~np.isnan(per_seed)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of seeds whose scores are all NaN: NaN
+        samples = np.where(present, per_seed * seed_counts, 0.0).sum(axis=1) / (seed_counts * present).sum(axis=1)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.nanquantile(samples, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class SeedPairedTest:
+    difference: float  # mean over seeds of (model - reference)
+    sd: float  # sample standard deviation of the per-seed differences
+    n_seeds: int
+    statistic: float  # t
+    p_value: float  # two-sided; NaN with fewer than two seeds
+
+
+def seed_paired_t_test(reference_scores, model_scores) -> SeedPairedTest:
+    """Student's paired t-test of per-seed scores (``scipy.stats.ttest_rel``'s two-sided test): does the
+    model beat the reference beyond what retraining with another seed changes?"""
+    reference = np.asarray(reference_scores, dtype=np.float64)
+    model = np.asarray(model_scores, dtype=np.float64)
+    if reference.shape != model.shape:
+        raise ValueError(f"a test paired by seed needs the same seeds: {reference.shape} != {model.shape}")
+    differences = model - reference
+    count = differences.size
+    mean = float(differences.mean()) if count else math.nan
+    if count < 2:
+        return SeedPairedTest(mean, math.nan, count, math.nan, math.nan)
+    sd = float(differences.std(ddof=1))
+    if sd == 0:
+        statistic = 0.0 if mean == 0 else math.copysign(math.inf, mean)
+        return SeedPairedTest(mean, sd, count, statistic, 1.0 if mean == 0 else 0.0)
+    from scipy.stats import t
+
+    statistic = mean / (sd / math.sqrt(count))
+    return SeedPairedTest(mean, sd, count, statistic, float(2.0 * t.sf(abs(statistic), count - 1)))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN left out of the family and kept NaN):
+    the i-th smallest of m is multiplied by (m - i + 1), made monotone, capped at 1."""
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    if valid.size == 0:
+        return adjusted
+    order = valid[np.argsort(p[valid], kind="stable")]
+    m = order.size
+    steps = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted[order] = np.minimum(steps, 1.0)
+    return adjusted
 
 
 def format_p(p: float) -> str:
