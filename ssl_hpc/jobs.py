@@ -37,6 +37,21 @@ KEY_LENGTH = 12
 NOT_IN_KEY = {"data": {"download", "duplicates", "duplicate_threshold", "duplicate_min_correlation"}}
 
 
+# Fine-tuning defaults of a backbone family, under the method's and the sweep's own settings. ResNets keep
+# the thesis's SGD step schedule (the FinetuneSettings defaults); ViTs fine-tune with AdamW, warm-up and
+# cosine as in DeiT and the MAE paper's fine-tuning recipe (base lr 5e-4 per 256 images, here batch 128).
+FAMILY_FINETUNE_DEFAULTS: dict[str, dict[str, object]] = {
+    "vit": {
+        "optimizer": "adamw",
+        "lr": 2.5e-4,
+        "weight_decay": 0.05,
+        "schedule": "cosine",
+        "min_lr": 1e-6,
+        "warmup_epochs": 5,
+    },
+}
+
+
 def run_key(config: RunConfig) -> str:
     resolved = config.model_dump(mode="json", exclude=NOT_IN_KEY)
     canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
@@ -117,6 +132,7 @@ def _relevant_pretrain(settings: PretrainSettings, method: str, view_preset: str
     reset: dict[str, object] = {}
     if method != "mae":
         reset["mask_ratio"] = defaults.mask_ratio
+        reset["norm_pix_loss"] = defaults.norm_pix_loss
     if method != "aim":
         reset["aim_target"] = defaults.aim_target
     if view_preset != "contrastive":  # crop and flip only: no colour, grayscale or blur
@@ -246,9 +262,11 @@ def expand_jobs(sweep: SweepConfig) -> list[Job]:
             **{**spec.pretrain_defaults, **_layer(sweep.pretrain), **(overrides.pretrain if overrides else {})}
         )
         pretrain_settings = _relevant_pretrain(pretrain_settings, entry.method, spec.view_preset)
-        finetune_base = FinetuneSettings(
-            **{**spec.finetune_defaults, **_layer(sweep.finetune), **(overrides.finetune if overrides else {})}
-        )
+        finetune_layers = {
+            **spec.finetune_defaults,
+            **_layer(sweep.finetune),
+            **(overrides.finetune if overrides else {}),
+        }
         if model.pretrained_weights == IMAGENET:
             missing = [b for b in entry.backbones if b not in IMAGENET_WEIGHTS]
             if missing:
@@ -258,6 +276,8 @@ def expand_jobs(sweep: SweepConfig) -> list[Job]:
                 )
         for seed, dataset, size, backbone in itertools.product(sweep.seeds, grid.dataset, grid.size, entry.backbones):
             model_name = entry.name if len(entry.backbones) == 1 else f"{entry.name}_{backbone}"
+            family = FAMILY_FINETUNE_DEFAULTS.get(BACKBONE_FAMILIES.get(backbone, ""), {})
+            finetune_base = FinetuneSettings(**{**family, **finetune_layers})
             common = dict(
                 method=entry.method,
                 dataset=dataset,

@@ -266,3 +266,21 @@ def test_the_config_is_a_leaf_and_a_sweep_validates_without_torch():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code, str(SMOKE)], check=True)
+
+
+def test_fine_tuning_defaults_follow_the_backbone_family():
+    """ViTs fine-tune with AdamW, warm-up and cosine; ResNets with the thesis's SGD step schedule; a value
+    the sweep sets itself wins over both."""
+    raw = base(
+        grid__method=["random_init"],
+        grid__backbone=["resnet18", "vit_mini"],
+        grid__label_fraction=[1.0],
+        grid__class_weight=["none"],
+        finetune={"epochs": 3},
+    )
+    settings = {job.config.backbone: job.config.finetune_settings for job in expand_jobs(validate_sweep(raw))}
+    assert settings["resnet18"].optimizer == "sgd" and settings["resnet18"].schedule == "step"
+    assert settings["vit_mini"].optimizer == "adamw" and settings["vit_mini"].warmup_epochs > 0
+    raw["finetune"]["optimizer"] = "sgd"
+    settings = {job.config.backbone: job.config.finetune_settings for job in expand_jobs(validate_sweep(raw))}
+    assert settings["vit_mini"].optimizer == "sgd"

@@ -235,3 +235,15 @@ def test_aim_next_patch_loss_leaves_the_prefix_out():
     mask[:, 10:] = True  # a prefix of 10 patches
     _, _, counted = model.predictions_and_targets(torch.rand(1, 1, SIZE, SIZE), mask)
     assert counted[0].tolist() == [False] * 9 + [True] * (model.num_patches - 10)  # targets 10.. only
+
+
+def test_fair_recipes_dino_teacher_temperature_warms_up_and_vicreg_has_its_own_head():
+    from lightly.models.modules.heads import VICRegProjectionHead
+
+    dino = make_task("dino").module.criterion
+    assert dino.teacher_temp_schedule[0] == pytest.approx(0.04) and dino.teacher_temp == pytest.approx(0.07)
+    assert isinstance(make_task("vicreg").module.encoder[1], VICRegProjectionHead)
+    assert not isinstance(make_task("barlowtwins").module.encoder[1], VICRegProjectionHead)
+    assert make_task("mae").module.norm_pix_loss  # the MAE paper's default
+    for method in ("mae", "aim"):
+        assert METHODS[method].pretrain_defaults["warmup_epochs"] > 0  # AdamW from a cold start: warm up

@@ -43,6 +43,7 @@ class PretrainSettings(StageSettings):
     blur_prob: StrictFloat = Field(0.0, ge=0, le=1)
     extra_unlabeled: tuple[str, ...] = ()
     mask_ratio: StrictFloat = Field(0.75, gt=0, lt=1)  # MAE
+    norm_pix_loss: StrictBool = True  # MAE: per-patch normalised targets (the MAE paper's default)
     # AIM: the prediction at position k regresses patch k+1, as the AIM paper (El-Nouby et al., 2024) and
     # apple/ml-aim. "same_patch" is lightly's example and the thesis's AIM, where position k sees its own
     # target through causal attention (it learns to copy): only for reproducing the thesis's numbers.

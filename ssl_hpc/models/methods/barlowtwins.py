@@ -1,7 +1,9 @@
 """Barlow Twins (Zbontar et al., 2021) and VICReg (Bardes et al., 2022): redundancy reduction.
 
-Both compare two projected views with a loss on their cross-correlation / variance-covariance;
-they share the projection head (as lightly's examples do) and differ only in the loss.
+Both compare two projected views with a loss on their cross-correlation / variance-covariance. Each
+has its own projection head as lightly builds it: Barlow Twins' (3 layers, 2048 wide here) and VICReg's
+expander (``VICRegProjectionHead`` as in lightly's ResNet-18 example: 2 layers, 2048 wide; the paper's
+3 x 8192 suits a ResNet-50 at 224 px, not 28 px).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import torch
 from lightly.loss import BarlowTwinsLoss, VICRegLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
+from lightly.models.modules.heads import VICRegProjectionHead
 from torch import nn
 
 from ssl_hpc.models.backbones import build_backbone
@@ -23,13 +26,23 @@ LARS_PRETRAIN = {"optimizer": "lars", "lr": 0.1, "momentum": 0.9, "schedule": "c
 
 
 class RedundancyReduction(PretextModel):
-    def __init__(self, backbone, criterion: nn.Module):
+    def __init__(self, backbone, criterion: nn.Module, head: nn.Module):
         super().__init__(backbone)
-        self.encoder = Encoder(backbone, BarlowTwinsProjectionHead(backbone.num_features, PROJECTION, PROJECTION))
+        self.encoder = Encoder(backbone, head)
         self.criterion = criterion
 
     def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         return self.criterion(self.encoder(views[0]), self.encoder(views[1]))
+
+
+def barlow_twins(backbone) -> RedundancyReduction:
+    head = BarlowTwinsProjectionHead(backbone.num_features, PROJECTION, PROJECTION)
+    return RedundancyReduction(backbone, BarlowTwinsLoss(), head)
+
+
+def vicreg(backbone) -> RedundancyReduction:
+    head = VICRegProjectionHead(backbone.num_features, PROJECTION, PROJECTION, num_layers=2)
+    return RedundancyReduction(backbone, VICRegLoss(), head)
 
 
 register(
@@ -38,9 +51,7 @@ register(
         needs_pretraining=True,
         description="Barlow Twins: cross-correlation of two views towards the identity",
         pretrain_defaults={**LARS_PRETRAIN, "weight_decay": 1.5e-6},
-        build_pretext=lambda name, request, settings: RedundancyReduction(
-            build_backbone(name, request), BarlowTwinsLoss()
-        ),
+        build_pretext=lambda name, request, settings: barlow_twins(build_backbone(name, request)),
     )
 )
 register(
@@ -49,6 +60,6 @@ register(
         needs_pretraining=True,
         description="VICReg: variance, invariance and covariance terms on two views",
         pretrain_defaults={**LARS_PRETRAIN, "weight_decay": 1e-6},
-        build_pretext=lambda name, request, settings: RedundancyReduction(build_backbone(name, request), VICRegLoss()),
+        build_pretext=lambda name, request, settings: vicreg(build_backbone(name, request)),
     )
 )

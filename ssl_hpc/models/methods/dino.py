@@ -27,7 +27,15 @@ class DINO(PretextModel):
         # DINO's teacher head starts from its own initialisation (as in lightly's example).
         twin = Encoder(copy.deepcopy(backbone), DINOProjectionHead(backbone.num_features, 512, 64, OUTPUT_DIM))
         self.teacher = MomentumTeacher(self.student, start=0.996, end=1.0, teacher=twin)
-        self.criterion = DINOLoss(output_dim=OUTPUT_DIM, warmup_teacher_temp_epochs=min(5, max(0, epochs - 1)))
+        # The teacher temperature warms up from 0.04 to 0.07 over the first 30 epochs (DINO paper, section 4.1 and
+        # its ViT recipe); lightly's defaults (0.04 -> 0.04) would warm up nothing. Short runs warm up over all
+        # but their last epoch.
+        self.criterion = DINOLoss(
+            output_dim=OUTPUT_DIM,
+            warmup_teacher_temp=0.04,
+            teacher_temp=0.07,
+            warmup_teacher_temp_epochs=min(30, max(0, epochs - 1)),
+        )
         self.epochs = max(1, epochs)
         # In the state dict, so a resumed run continues the teacher-temperature warm-up where it stopped.
         self.register_buffer("progress", torch.zeros(()))

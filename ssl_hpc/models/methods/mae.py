@@ -2,7 +2,9 @@
 
 Built from lightly's masked ViT wrapper and decoder around the backbone's own timm ViT, so the
 weights trained here are exactly the backbone's. The target is the patch as the backbone sees it
-(after its normalisation), so 1-channel images reconstruct one channel.
+(after its normalisation), so 1-channel images reconstruct one channel; with ``norm_pix_loss`` (on by
+default, as in the MAE paper, where it gave better representations) each target patch is normalised to
+zero mean and unit variance first.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ DECODER_DIM = 256
 
 
 class MAE(PretextModel):
-    def __init__(self, backbone, mask_ratio: float = 0.75, decoder_depth: int = 2):
+    def __init__(self, backbone, mask_ratio: float = 0.75, decoder_depth: int = 2, norm_pix_loss: bool = True):
         super().__init__(backbone)
         vit = backbone.body
         self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
         self.patch_size = vit.patch_embed.patch_size[0]
         self.encoder = MaskedVisionTransformerTIMM(vit=vit)
         self.sequence_length = self.encoder.sequence_length
@@ -54,6 +57,8 @@ class MAE(PretextModel):
         decoded = self.decoder(full, idx_mask=idx_mask)
         predictions = self.prediction_head(utils.get_at_index(decoded, idx_mask))
         patches = utils.patchify(images, self.patch_size)
+        if self.norm_pix_loss:
+            patches = utils.normalize_mean_var(patches)
         target = utils.get_at_index(patches, idx_mask - self.prefix_tokens)
         return F.mse_loss(predictions.float(), target.float())
 
@@ -67,6 +72,8 @@ register(
         views=1,
         view_preset="crop_flip",
         pretrain_defaults=ADAMW_PRETRAIN,
-        build_pretext=lambda name, request, settings: MAE(build_backbone(name, request), settings.mask_ratio),
+        build_pretext=lambda name, request, settings: MAE(
+            build_backbone(name, request), settings.mask_ratio, norm_pix_loss=settings.norm_pix_loss
+        ),
     )
 )
