@@ -107,3 +107,29 @@ def test_resnet_default_layer4_map_still_prefers_the_patch():
     share, where = energy_in_patch(trained("resnet18"), min_grid=4)
     assert "layer4" in where
     assert share > 2 * AREA, (share, where)
+
+
+def test_cam_blank_fraction_counts_constant_maps():
+    from ssl_hpc.explain.sanity import blank_fraction
+
+    maps = np.zeros((4, 7, 7))
+    maps[0, 3, 3] = 1.0
+    maps[1] = 0.5  # constant but not zero: still nothing to see
+    maps[2, :, :3] = 0.2
+    assert blank_fraction(maps) == 0.5
+
+
+def test_cam_randomization_check_passes_for_a_trained_resnet_and_fails_for_a_copy():
+    """Grad-CAM of the trained ResNet on the deciding patch barely resembles that of the same network
+    re-initialised; a map that ignores the weights (the same maps twice) correlates perfectly."""
+    from ssl_hpc.explain.sanity import RANDOMIZATION_FAIL_ABOVE, randomization_spearman, randomized_copy
+
+    model = trained("resnet18")
+    images, labels, _ = patch_images(32, seed=1)
+    target = resolve_target(model, images[:1], min_grid=7)
+    maps = compute_cams(model, images, "gradcam", target, labels.numpy())
+    twin = randomized_copy(model)
+    assert not torch.equal(next(twin.parameters()), next(model.parameters()))  # re-initialised, a copy
+    random_maps = compute_cams(twin, images, "gradcam", resolve_target(twin, images[:1], target.name), labels.numpy())
+    assert randomization_spearman(maps, random_maps) < RANDOMIZATION_FAIL_ABOVE
+    assert randomization_spearman(maps, maps) == pytest.approx(1.0)

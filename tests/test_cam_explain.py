@@ -83,6 +83,8 @@ def test_explain_writes_figures_and_the_specified_metrics(tmp_path):
             "road_combined",
             "topk_conf_drop",
             "seconds_per_image",
+            "blank_fraction",
+            "randomization_spearman",
             "energy_inside",
             "magtr",
             "mangtr",
@@ -118,29 +120,42 @@ def test_no_masks_no_localization_metrics_and_faithfulness_can_be_off(tmp_path):
         split,
         probs,
         CLASSES,
-        CamSettings(max_images=8, images_per_class=1, road_percentiles=[50]),
+        CamSettings(methods=["gradcam"], max_images=8, images_per_class=1, road_percentiles=[50]),
         tmp_path,
         torch.device("cpu"),
     )
     assert set(metrics) == {
-        f"cam_gradcam_{s}" for s in ("road_morf", "road_lerf", "road_combined", "topk_conf_drop", "seconds_per_image")
+        f"cam_gradcam_{s}"
+        for s in (
+            "road_morf",
+            "road_lerf",
+            "road_combined",
+            "topk_conf_drop",
+            "seconds_per_image",
+            "blank_fraction",
+            "randomization_spearman",
+        )
     }
     metrics, paths = explain_classifier(
         model,
         split,
         probs,
         CLASSES,
-        CamSettings(faithfulness=False, images_per_class=1),
+        CamSettings(methods=["gradcam"], faithfulness=False, images_per_class=1),
         tmp_path / "b",
         torch.device("cpu"),
     )
-    assert set(metrics) == {"cam_gradcam_seconds_per_image"}
+    assert set(metrics) == {
+        "cam_gradcam_seconds_per_image",
+        "cam_gradcam_blank_fraction",
+        "cam_gradcam_randomization_spearman",
+    }
     assert json.loads((tmp_path / "b" / "cam_summary.json").read_text())["score_images"] == 0
 
 
 def test_cost_is_bounded_by_the_settings_not_by_the_split(tmp_path):
     """A 500-image and a 2,000-image test split cost exactly the same number of forward passes."""
-    settings = CamSettings(max_images=16, images_per_class=2, road_percentiles=[50])
+    settings = CamSettings(methods=["gradcam"], max_images=16, images_per_class=2, road_percentiles=[50])
     counts = []
     for count in (500, 2000):
         model = tiny_classifier()
@@ -237,7 +252,7 @@ def test_settings_refuse_bad_values_naming_the_field():
     with pytest.raises(ValidationError, match="extra"):
         CamSettings(max_image=3)
     defaults = CamSettings()
-    assert defaults.enabled and defaults.methods == ["gradcam"] and defaults.target_layer is None
+    assert defaults.enabled and defaults.methods == ["gradcam++"] and defaults.target_layer is None
 
 
 def test_masks_must_align_with_the_test_split(tmp_path):

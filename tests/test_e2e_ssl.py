@@ -97,7 +97,7 @@ def test_every_finetune_run_has_cam_figures_and_scores(smoke_ssl):
         cams = {item.path for item in client.list_artifacts(run.info.run_id, "cam")}
         assert any(path.startswith("cam/cam_class") and path.endswith(".png") for path in cams), cams
         assert "cam/confidence_histograms.png" in cams
-        assert any(name.startswith("cam_gradcam_road") for name in run.data.metrics), run.data.metrics.keys()
+        assert any(name.startswith("cam_gradcampp_road") for name in run.data.metrics), run.data.metrics.keys()
 
 
 def test_the_sweep_ends_with_tables_whose_cells_are_the_runs_metrics(smoke_ssl):

@@ -88,7 +88,7 @@ def test_run_starts_from_the_given_weights_file_and_names_its_classes(tmp_path, 
     assert any(path.endswith(".png") and "cam_class" in path for path in cams), cams
     # the folder's lung masks give localization scores
     for score in ("energy_inside", "magtr", "mangtr", "road_morf"):
-        assert f"cam_gradcam_{score}" in run.data.metrics, score
+        assert f"cam_gradcampp_{score}" in run.data.metrics, score
 
 
 def test_missing_imagenet_weights_stop_the_sweep_with_instructions(tmp_path, store, monkeypatch, capsys):

@@ -24,6 +24,7 @@ from ssl_hpc.explain.cams import compute_cams, metric_slug, resolve_target
 from ssl_hpc.explain.faithfulness import faithfulness_scores
 from ssl_hpc.explain.figures import class_grid_figure, confidence_histograms
 from ssl_hpc.explain.localization import localization_scores
+from ssl_hpc.explain.sanity import RANDOMIZATION_FAIL_ABOVE, blank_fraction, randomization_spearman, randomized_copy
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def explain_classifier(
     ground-truth regions ``[N, H, W]`` (or ``[N, 1, H, W]``), non-zero inside, aligned with ``test``.
 
     Returns the metrics to log -- ``cam_<method>_road_morf``, ``_road_lerf``, ``_road_combined``,
-    ``_topk_conf_drop``, ``_seconds_per_image`` and, with masks, ``_energy_inside``, ``_magtr``,
+    ``_topk_conf_drop``, ``_seconds_per_image``, ``_blank_fraction``, ``_randomization_spearman``
+    (:mod:`ssl_hpc.explain.sanity`) and, with masks, ``_energy_inside``, ``_magtr``,
     ``_mangtr`` (``gradcam++`` is spelt ``gradcampp``) -- and the files written under ``out_dir``
     (per-class CAM grids, the confidence histograms, ``cam_summary.json``). Nothing when disabled.
     """
@@ -118,6 +120,11 @@ def explain_classifier(
 
     metrics: dict[str, float] = {}
     maps_by_method: dict[str, np.ndarray] = {}
+    checked = scored if len(scored) else needed  # the images of the randomisation check
+    checked_rows = np.array([position[int(i)] for i in checked], dtype=np.int64)
+    twin = randomized_copy(model, settings.seed)
+    twin_target = resolve_target(twin, images[:1], target.name)
+    summary["randomization_fails"] = []
     for method in settings.methods:
         slug = metric_slug(method)
         processed = [0]
@@ -134,6 +141,26 @@ def explain_classifier(
         )
         cam_seconds = time.perf_counter() - started
         maps_by_method[method] = maps
+        metrics[f"cam_{slug}_blank_fraction"] = blank_fraction(maps)
+        random_maps = compute_cams(
+            twin,
+            images[torch.as_tensor(checked_rows, device=images.device)],
+            method,
+            twin_target,
+            preds[checked],
+            settings.batch_size,
+            settings.scorecam_batch_size,
+        )
+        correlation = randomization_spearman(maps[checked_rows], random_maps)
+        metrics[f"cam_{slug}_randomization_spearman"] = correlation
+        if correlation > RANDOMIZATION_FAIL_ABOVE:
+            summary["randomization_fails"].append(method)
+            log.warning(
+                "%s maps correlate %.2f with those of a randomly re-initialised model (Adebayo et al., 2018): they "
+                "show the input more than what the model learned",
+                method,
+                correlation,
+            )
         summary["images_processed"][method] = processed[0]
         metrics[f"cam_{slug}_seconds_per_image"] = cam_seconds / max(1, processed[0])
         rows = np.array([position[int(i)] for i in scored], dtype=np.int64)
@@ -162,7 +189,10 @@ def explain_classifier(
             paths.append(
                 class_grid_figure(
                     test.images[torch.as_tensor(chosen, device=test.images.device)].cpu().numpy(),
-                    {method: maps[rows] for method, maps in maps_by_method.items()},
+                    {
+                        _header(method, summary["randomization_fails"]): maps[rows]
+                        for method, maps in maps_by_method.items()
+                    },
                     labels[chosen],
                     preds[chosen],
                     confidence[chosen],
@@ -192,6 +222,11 @@ def _check_masks(masks: torch.Tensor | np.ndarray, test: ImageSplit) -> np.ndarr
             "aligned with the test split"
         )
     return array != 0
+
+
+def _header(method: str, failing: list[str]) -> str:
+    """A figure's column header: the method, flagged when it failed the randomisation check."""
+    return f"{method} (fails random-model check)" if method in failing else method
 
 
 def _file_slug(name: str) -> str:
