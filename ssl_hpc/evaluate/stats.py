@@ -92,19 +92,36 @@ def bootstrap_ci(
     seed: int = 0,
     num_classes: int | None = None,
     weights: np.ndarray | None = None,
+    over_seeds: bool = False,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the seed-averaged score, resampling test examples.
+    """Percentile bootstrap interval of the seed-averaged score, resampling test examples (the same
+    examples for every seed: they share one test split) and, ``over_seeds``, the seeds first.
 
     ``weights`` (from :func:`resample_weights`) can be passed to reuse the same resamples for
     several models of one table; otherwise they are drawn from ``seed``.
     """
+    predictions = _as_seeds(predictions)
     n = len(np.asarray(labels))
     if weights is None:
         weights = resample_weights(n, n_resamples, seed)
-    samples = weighted_scores(labels, predictions, weights, score, num_classes).mean(axis=1)
+    per_seed = weighted_scores(labels, predictions, weights, score, num_classes)  # [B, S]
+    if over_seeds:
+        seed_counts = resample_weights(predictions.shape[0], len(weights), seed + 1)
+    else:
+        seed_counts = np.ones_like(per_seed)
+    present = ~np.isnan(per_seed)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of seeds whose scores are all NaN: NaN
+        samples = np.where(present, per_seed * seed_counts, 0.0).sum(axis=1) / (seed_counts * present).sum(axis=1)
     alpha = (1.0 - confidence) / 2
     low, high = np.nanquantile(samples, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+def hierarchical_bootstrap_ci(labels, predictions, score: str = "accuracy", **options) -> tuple[float, float]:
+    """The interval that covers training noise and test sampling: each resample draws the seeds with
+    replacement, then the test examples (:func:`bootstrap_ci` with ``over_seeds``). With one seed it equals
+    :func:`bootstrap_ci`."""
+    return bootstrap_ci(labels, predictions, score, over_seeds=True, **options)
 
 
 @dataclass(frozen=True)
@@ -185,33 +202,6 @@ def paired_bootstrap(
         above = (1 + np.sum(differences >= 0)) / (1 + differences.size)
         p = min(1.0, 2.0 * min(below, above))
     return PairedBootstrap(float(observed), float(low), float(high), float(p))
-
-
-def hierarchical_bootstrap_ci(
-    labels,
-    predictions,
-    score: str = "accuracy",
-    n_resamples: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    num_classes: int | None = None,
-    weights: np.ndarray | None = None,
-) -> tuple[float, float]:
-    """Percentile interval of the seed-averaged score from a two-level bootstrap: each resample draws the
-    seeds with replacement, then the test examples with replacement (the same examples for every drawn
-    seed: they share one test split). With one seed it equals :func:`bootstrap_ci`."""
-    predictions = _as_seeds(predictions)
-    n = len(np.asarray(labels))
-    if weights is None:
-        weights = resample_weights(n, n_resamples, seed)
-    per_seed = weighted_scores(labels, predictions, weights, score, num_classes)  # [B, S]
-    seed_counts = resample_weights(predictions.shape[0], len(weights), seed + 1)  # [B, S]
-    present = ~np.isnan(per_seed)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of seeds whose scores are all NaN: NaN
-        samples = np.where(present, per_seed * seed_counts, 0.0).sum(axis=1) / (seed_counts * present).sum(axis=1)
-    alpha = (1.0 - confidence) / 2
-    low, high = np.nanquantile(samples, [alpha, 1.0 - alpha])
-    return float(low), float(high)
 
 
 @dataclass(frozen=True)
