@@ -119,8 +119,7 @@ def test_each_method_learns_with_its_own_optimiser_on_seen_and_fresh_views(metho
     assert min(decrease.values()) >= MIN_RELATIVE_DECREASE, f"{method}: relative loss decrease {decrease}"
 
 
-@pytest.mark.parametrize("method", ["simclr", "rotnet"])
-def test_the_learning_check_fails_when_the_weights_do_not_move(method):
+def test_the_learning_check_fails_when_the_weights_do_not_move(method="simclr"):
     """The control: with a learning rate of zero (the loss's gradient switched off) the same check
     must fail, or the test above would prove nothing."""
     decrease = relative_decrease(method, lr_scale=0.0)
