@@ -23,6 +23,7 @@ from ssl_hpc.config import (
     RunConfig,
     StageSettings,
     SweepConfig,
+    dataset_modality,
 )
 from ssl_hpc.data.class_weights import CLASS_WEIGHT_RULES, is_known_rule
 from ssl_hpc.evaluate.fusion import FUSION_RULES
@@ -135,9 +136,12 @@ def _relevant_pretrain(settings: PretrainSettings, method: str, view_preset: str
         reset["norm_pix_loss"] = defaults.norm_pix_loss
     if method != "aim":
         reset["aim_target"] = defaults.aim_target
-    if view_preset != "contrastive":  # crop and flip only: no colour, grayscale or blur
+    if view_preset != "contrastive":  # crop and flip only: no colour, grayscale, blur or modality
         reset.update(
-            color_jitter=defaults.color_jitter, gray_scale_prob=defaults.gray_scale_prob, blur_prob=defaults.blur_prob
+            color_jitter=defaults.color_jitter,
+            gray_scale_prob=defaults.gray_scale_prob,
+            blur_prob=defaults.blur_prob,
+            modality=defaults.modality,
         )
     reset.update(_unused_optimizer_settings(settings))
     return settings.model_copy(update=reset)
@@ -290,7 +294,12 @@ def expand_jobs(sweep: SweepConfig) -> list[Job]:
             )
             pretrain_key = None
             if spec.needs_pretraining:
-                pretrain_config = RunConfig(stage="pretrain", pretrain_settings=pretrain_settings, **common)
+                views = pretrain_settings
+                if spec.view_preset == "contrastive" and views.modality == "auto":
+                    views = views.model_copy(
+                        update={"modality": dataset_modality(dataset, sweep.datasets.get(dataset))}
+                    )
+                pretrain_config = RunConfig(stage="pretrain", pretrain_settings=views, **common)
                 pretrain_key = run_key(pretrain_config)
                 pretrain_jobs.setdefault(pretrain_key, Job(pretrain_key, pretrain_config, model_name=model_name))
             modes = [spec.fixed_finetune] if spec.fixed_finetune else grid.finetune

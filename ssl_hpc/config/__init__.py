@@ -22,6 +22,7 @@ from ssl_hpc.config.datasets import (
     MEDMNIST_2D_TASKS,
     SINGLE_LABEL,
     ImageFolderSpec,
+    dataset_modality,
     default_data_root,
 )
 from ssl_hpc.config.loading import apply_overrides, load_sweep, parse_override, read_yaml, validate_sweep
@@ -78,6 +79,7 @@ __all__ = [
     "Variant",
     "apply_overrides",
     "check_names",
+    "dataset_modality",
     "default_data_root",
     "format_validation_error",
     "load_sweep",

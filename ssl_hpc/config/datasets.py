@@ -32,10 +32,25 @@ MEDMNIST_2D_TASKS: dict[str, str] = {
     "organsmnist": "multi-class",
 }
 MEDMNIST_2D: tuple[str, ...] = tuple(MEDMNIST_2D_TASKS)
+# What the images are, for the views of self-supervised pretraining (ssl_hpc.data.augment): stained
+# microscopy and dermoscopy carry the diagnosis in their colours, X-rays have an up and a down.
+MEDMNIST_MODALITY = {
+    "bloodmnist": "stain",
+    "dermamnist": "stain",
+    "pathmnist": "stain",
+    "tissuemnist": "stain",
+    "pneumoniamnist": "xray",
+    "chestmnist": "xray",
+}
 SINGLE_LABEL: tuple[str, ...] = tuple(n for n, task in MEDMNIST_2D_TASKS.items() if not task.startswith("multi-label"))
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _NAME = re.compile(r"^[^/\\]+$")
+
+
+def dataset_modality(name: str, spec: ImageFolderSpec | None = None) -> str:
+    """The modality of a dataset of the sweep: an image folder's own, else MedMNIST's, else ``natural``."""
+    return spec.modality if spec is not None else MEDMNIST_MODALITY.get(name, "natural")
 
 
 def default_data_root(configured: str | Path | None = None) -> Path:
@@ -65,6 +80,8 @@ class ImageFolderSpec(Strict):
     masks_subdir: Text | None = None
     mask_root: Text | None = None
     mask_suffix: Text = ""
+    # what the images are (see MEDMNIST_MODALITY): chooses the pretraining views when pretrain.modality is auto
+    modality: Literal["natural", "stain", "xray"] = "natural"
 
     @field_validator("classes")
     @classmethod

@@ -41,6 +41,10 @@ class PretrainSettings(StageSettings):
     color_jitter: StrictFloat = Field(0.4, ge=0)
     gray_scale_prob: StrictFloat = Field(0.2, ge=0, le=1)
     blur_prob: StrictFloat = Field(0.0, ge=0, le=1)
+    # What the contrastive views may change (ssl_hpc.data.augment): "auto" picks it from the dataset
+    # (MedMNIST's blood, derma, path and tissue -> stain; pneumonia and chest -> xray; an image folder's
+    # own `modality`), resolved before the run key is computed.
+    modality: Literal["auto", "natural", "stain", "xray"] = "auto"
     extra_unlabeled: tuple[str, ...] = ()
     mask_ratio: StrictFloat = Field(0.75, gt=0, lt=1)  # MAE
     norm_pix_loss: StrictBool = True  # MAE: per-patch normalised targets (the MAE paper's default)

@@ -68,6 +68,7 @@ def run_pretrain(handle: RunHandle, cache: DatasetCache) -> None:
         settings.color_jitter,
         settings.gray_scale_prob,
         settings.blur_prob,
+        modality="natural" if settings.modality == "auto" else settings.modality,
     )
     task = PretextTask(model, preprocess, augment, spec.views)
     result = fit(
