@@ -55,6 +55,9 @@ def test_smoke_sweep_runs_then_reruns_nothing(tmp_path, data_root, tracking_uri)
         tags = run.data.tags
         assert all(tags.get(tag) for tag in TAGS), tags
         assert (tags["stage"], tags["method"], tags["dataset"]) == ("finetune", "supervised", "pneumoniamnist")
+        # the ResNet-18's CAMs at 28 px show something (Grad-CAM's were blank for half the images)
+        assert run.data.metrics["cam_gradcampp_blank_fraction"] <= 0.1, run.data.metrics
+        assert -1.0 <= run.data.metrics["cam_gradcampp_randomization_spearman"] <= 1.0
         seen_budgets.add((tags["label_fraction"], tags["class_weight"]))
         metrics = run.data.metrics
         for name in (

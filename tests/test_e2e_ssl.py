@@ -98,6 +98,9 @@ def test_every_finetune_run_has_cam_figures_and_scores(smoke_ssl):
         assert any(path.startswith("cam/cam_class") and path.endswith(".png") for path in cams), cams
         assert "cam/confidence_histograms.png" in cams
         assert any(name.startswith("cam_gradcampp_road") for name in run.data.metrics), run.data.metrics.keys()
+        # how far to trust the maps: logged on every run (Grad-CAM++ is the default method)
+        assert "cam_gradcampp_blank_fraction" in run.data.metrics
+        assert "cam_gradcampp_randomization_spearman" in run.data.metrics
 
 
 def test_the_sweep_ends_with_tables_whose_cells_are_the_runs_metrics(smoke_ssl):
