@@ -36,6 +36,8 @@ def run_sweep_in_temporary_store(
             data_root=default_data_root(sweep.data_root),
             runtime=sweep.runtime,
             progress=sys.stderr.isatty(),
+            datasets=sweep.datasets,
+            cam=sweep.cam,  # a recipe's cam: section (the benchmarks that measure no CAM turn it off)
         )
         started = time.perf_counter()
         outcomes = run_local(jobs, context)
