@@ -145,3 +145,16 @@ def test_failure_reason_ends_with_the_exception_line():
         AccountingEntry("7", "FAILED", "1:0", "NonZeroExitCode"), {"error": error, "error_type": "RuntimeError"}
     )
     assert text == "slurm 7 FAILED (exit 1:0); RuntimeError: runtime.device is 'cuda'"
+
+
+def test_a_cancelled_dependent_says_why_even_when_sacct_recorded_no_reason():
+    """Under load sacct may record a dependent's CANCELLED state before (or without) its
+    DependencyNeverSatisfied reason; the failed pretraining job tells the same story."""
+    from ssl_hpc.launchers.slurm.queries import AccountingEntry
+    from ssl_hpc.launchers.slurm.status import failure_reason
+
+    with_reason = AccountingEntry("37", "CANCELLED", reason="DependencyNeverSatisfied")
+    without = AccountingEntry("37", "CANCELLED", reason="None")
+    assert "its pretraining job failed" in failure_reason(with_reason)
+    assert "its pretraining job failed" in failure_reason(without, dependency_failed=True)
+    assert failure_reason(without) == "slurm 37 CANCELLED"  # cancelled by a person: no story invented

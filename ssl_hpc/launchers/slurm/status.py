@@ -42,13 +42,16 @@ REASONS = {
 }
 
 
-def failure_reason(entry: AccountingEntry | None, run_tags: Mapping[str, str] | None = None) -> str:
+def failure_reason(
+    entry: AccountingEntry | None, run_tags: Mapping[str, str] | None = None, dependency_failed: bool = False
+) -> str:
     """Why a job ended without a FINISHED run: Slurm's state (OOM, TIMEOUT, PREEMPTED, NODE_FAIL...) and the
-    last line of the exception MLflow recorded."""
+    last line of the exception MLflow recorded. A cancelled job whose pretraining job failed says so, from
+    sacct's reason or, when sacct has not recorded one (seen under load), from the pretraining job itself."""
     parts = []
     if entry is not None:
         state = REASONS.get(entry.state, entry.state)
-        if state == "CANCELLED" and "Dependency" in entry.reason:
+        if state == "CANCELLED" and ("Dependency" in entry.reason or dependency_failed):
             state = "CANCELLED (its pretraining job failed)"
         elif state == "FAILED" and entry.exit_code and entry.exit_code != "0:0":
             state = f"FAILED (exit {entry.exit_code})"
@@ -89,6 +92,17 @@ def slurm_statuses(jobs: list[Job], tracker: SweepTracker | None, output_root: P
     except SlurmError as error:
         log.warning("sacct: %s", error)
         accounting = {}
+
+    def dependency_failed(job: Job) -> bool:
+        for key in job.depends_on:
+            record, run = submitted.get(key), runs.get(key)
+            entry = accounting.get(record.job_id) if record is not None else None
+            if entry is not None and entry.state not in ALIVE and entry.state != "COMPLETED":
+                return True
+            if run is not None and run.info.status == FAILED:
+                return True
+        return False
+
     rows = []
     for job in jobs:
         run = runs.get(job.key)
@@ -119,7 +133,7 @@ def slurm_statuses(jobs: list[Job], tracker: SweepTracker | None, output_root: P
             rows.append(JobStatus(job, state, f"slurm {entry.job_id} {entry.state}{note}", run_id))
             continue
         if record is not None and (entry is not None or (run is not None and run.info.status == FAILED)):
-            reason = failure_reason(entry, run.data.tags if run else None)
+            reason = failure_reason(entry, run.data.tags if run else None, dependency_failed(job))
             if run is not None and run.info.status != FAILED and has_checkpoint:
                 reason += "; re-run the sweep to resume from its checkpoint"
             rows.append(JobStatus(job, "failed", reason, run_id))
