@@ -21,6 +21,17 @@ from ssl_hpc.launchers.local import run_local  # noqa: E402
 from ssl_hpc.tracking import SweepTracker  # noqa: E402
 from ssl_hpc.train.handle import RunContext  # noqa: E402
 
+# The probe that compares frozen features: a linear head, Adam, cosine, the epoch with the best val AUC.
+LINEAR_PROBE = {
+    "batch_size": 128,
+    "head": "linear",
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "schedule": "cosine",
+    "min_lr": 0.0,
+    "select_by": "val_auc",
+}
+
 
 def run_sweep_in_temporary_store(
     raw: dict, overrides: list[str]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _common import run_sweep_in_temporary_store
+from _common import LINEAR_PROBE, run_sweep_in_temporary_store
 from ssl_hpc.evaluate.stats import mean_std, seed_paired_t_test
 
 PRESETS = ("natural", "xray")
@@ -40,16 +40,7 @@ def recipe(seeds: list[int], pretrain_epochs: int, probe_epochs: int) -> dict:
         },
         "variants": {f"simclr_{preset}": {"method": "simclr", "pretrain": {"modality": preset}} for preset in PRESETS},
         "pretrain": {"epochs": pretrain_epochs, "batch_size": 128},
-        "finetune": {
-            "epochs": probe_epochs,
-            "batch_size": 128,
-            "head": "linear",
-            "optimizer": "adam",
-            "lr": 1e-3,
-            "schedule": "cosine",
-            "min_lr": 0.0,
-            "select_by": "val_auc",
-        },
+        "finetune": {**LINEAR_PROBE, "epochs": probe_epochs},
         "model": {"stem": "imagenet"},
         "cam": {"enabled": False},
         "data": {"duplicates": "off"},

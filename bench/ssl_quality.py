@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _common import run_sweep_in_temporary_store
+from _common import LINEAR_PROBE, run_sweep_in_temporary_store
 
 
 def recipe(method: str, backbone: str, pretrain_epochs: int, probe_epochs: int) -> dict:
@@ -36,16 +36,7 @@ def recipe(method: str, backbone: str, pretrain_epochs: int, probe_epochs: int) 
             "finetune": ["frozen"],
         },
         "pretrain": {"epochs": pretrain_epochs, "batch_size": 128},
-        "finetune": {
-            "epochs": probe_epochs,
-            "batch_size": 128,
-            "head": "linear",
-            "optimizer": "adam",
-            "lr": 1e-3,
-            "schedule": "cosine",
-            "min_lr": 0.0,
-            "select_by": "val_auc",
-        },
+        "finetune": {**LINEAR_PROBE, "epochs": probe_epochs},
         "model": {"stem": "imagenet"},
     }
 
