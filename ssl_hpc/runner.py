@@ -28,7 +28,7 @@ from ssl_hpc.config import RunConfig
 from ssl_hpc.data.loading import DatasetCache
 from ssl_hpc.files import atomic_write_text, is_locked, try_lock
 from ssl_hpc.jobs import Job
-from ssl_hpc.tracking import FAILED, FINISHED, KILLED, SweepTracker, flatten
+from ssl_hpc.tracking import FAILED, FINISHED, KILLED, RUNNING, SweepTracker, flatten
 from ssl_hpc.train.handle import RunContext, RunHandle
 from ssl_hpc.train.loop import LAST, Precision
 
@@ -77,6 +77,19 @@ class RunLock:
         return is_locked(workdir / LOCK)
 
 
+OUTPUT_DIR_TAG = "output_dir"
+
+
+def running_elsewhere(run: Run | None, output_root: Path) -> str | None:
+    """The other output folder whose job owns ``run``, if it is RUNNING there: two checkouts (or two
+    ``output_dir``s) submitting one sweep to one tracking store share its runs but not their run locks, and
+    a job must neither resume nor mark KILLED a run another folder's job may be writing right now."""
+    if run is None or run.info.status != RUNNING:
+        return None
+    owner = run.data.tags.get(OUTPUT_DIR_TAG)
+    return owner if owner and owner != str(Path(output_root).resolve()) else None
+
+
 def run_name(job: Job) -> str:
     config = job.config
     if config.stage == "pretrain":
@@ -84,9 +97,10 @@ def run_name(job: Job) -> str:
     return f"{config.method}-{config.finetune}-{config.label_budget}-{config.class_weight}-{config.dataset}-{job.key}"
 
 
-def _open_run(tracker: SweepTracker, job: Job, context: RunContext, workdir: Path, existing: Run | None) -> str:
-    """The MLflow run for the job (``existing``, the key's unfinished run, to resume), or a new one."""
-    tags = {**job.tags(context.sweep_name), **context.extra_tags}
+def _open_run(tracker: SweepTracker, job: Job, context: RunContext, workdir: Path, existing: Run | None) -> str | None:
+    """The MLflow run for the job (``existing``, the key's unfinished run, to resume), or a new one;
+    ``None`` when a job of another output folder created the key's run at the same moment."""
+    tags = {**job.tags(context.sweep_name), **context.extra_tags, OUTPUT_DIR_TAG: str(context.output_root.resolve())}
     if context.git is not None:
         tags["mlflow.source.git.commit"] = context.git.commit
         tags["git_dirty"] = str(context.git.dirty).lower()
@@ -110,6 +124,12 @@ def _open_run(tracker: SweepTracker, job: Job, context: RunContext, workdir: Pat
         tracker.finish(existing.info.run_id, KILLED)
     params = flatten(job.config.model_dump(mode="json"))
     run_id = tracker.create_run(run_name(job), {**tags, "attempts": "1"}, params)
+    rival = tracker.claim(run_id, job.key)
+    if rival is not None:
+        log.warning(
+            "%s: another output folder's job started MLflow run %s at the same time; leaving it", job.key, rival
+        )
+        return None
     if context.git is not None and context.git.dirty:
         with tempfile.TemporaryDirectory() as folder:
             diff = Path(folder) / "git_diff.patch"
@@ -154,7 +174,18 @@ def run_job(job: Job, context: RunContext, cache: DatasetCache | None = None) ->
         existing = tracker.run_for_key(job.key)  # again, under the lock: another process may have just finished it
         if existing is not None and existing.info.status == FINISHED:
             return "skipped"
+        elsewhere = running_elsewhere(existing, context.output_root)
+        if elsewhere:
+            log.warning(
+                "%s: MLflow run %s is RUNNING from another output folder (%s); not touching it",
+                job.key,
+                existing.info.run_id,
+                elsewhere,
+            )
+            return "busy"
         run_id = _open_run(tracker, job, context, workdir, existing)
+        if run_id is None:
+            return "busy"
         try:  # everything after the run is open: a failure here too must end it FAILED, not leave it RUNNING
             if context.runtime.num_threads:
                 torch.set_num_threads(context.runtime.num_threads)

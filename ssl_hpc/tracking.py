@@ -236,6 +236,17 @@ class SweepTracker:
             self._client.log_batch(run.info.run_id, params=items[start : start + _MAX_BATCH])
         return run.info.run_id
 
+    def claim(self, run_id: str, key: str) -> str | None:
+        """Jobs of one key started at once from two output folders (which share no run lock) may each have
+        created a run: the earliest-created RUNNING run of the key wins. Returns the winner's id when it is
+        not ``run_id``, which is then deleted (it holds nothing yet); ``None`` when ``run_id`` won."""
+        running = self.search(f"tags.key = '{key}' and attributes.status = '{RUNNING}'")
+        winner = min(running, key=lambda run: (run.info.start_time or 0, run.info.run_id), default=None)
+        if winner is None or winner.info.run_id == run_id:
+            return None
+        self._client.delete_run(run_id)
+        return winner.info.run_id
+
     def reopen(self, run_id: str) -> None:
         self._client.update_run(run_id, status=RUNNING)
 

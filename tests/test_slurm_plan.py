@@ -158,3 +158,31 @@ def test_a_cancelled_dependent_says_why_even_when_sacct_recorded_no_reason():
     assert "its pretraining job failed" in failure_reason(with_reason)
     assert "its pretraining job failed" in failure_reason(without, dependency_failed=True)
     assert failure_reason(without) == "slurm 37 CANCELLED"  # cancelled by a person: no story invented
+
+
+def test_an_sbatch_call_without_a_record_stays_open_until_recorded_or_closed(tmp_path):
+    """intents.jsonl: an sbatch call whose records were never written (the command died) is open; one whose
+    jobs are recorded, or that was closed, is not; a malformed line is ignored, not fatal."""
+    from ssl_hpc.launchers.slurm.records import (
+        Intent,
+        Submission,
+        append_intent,
+        append_records,
+        close_intents,
+        load_records,
+        open_intents,
+        slurm_dir,
+    )
+
+    def intent(sid: str) -> Intent:
+        return Intent(sid, "finetune", "", (("key_a",), ("key_b", "key_c")), 1.0)
+
+    for sid in ("recorded", "closed", "lost"):
+        append_intent(tmp_path, intent(sid))
+    append_records(tmp_path, [Submission("key_a", "7_0", "7", 0, "finetune", ("key_a",), "", 2.0, "recorded")])
+    close_intents(tmp_path, ["closed"])
+    with open(slurm_dir(tmp_path) / "intents.jsonl", "a") as file:
+        file.write("{not json\n")
+    pending = open_intents(tmp_path, load_records(tmp_path).values())
+    assert [i.submission_id for i in pending] == ["lost"]
+    assert pending[0].packs == (("key_a",), ("key_b", "key_c"))

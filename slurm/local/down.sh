@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop the single-node Slurm cluster started by slurm/local/up.sh.
+# Stop the Slurm cluster started by slurm/local/up.sh (one node or several).
 #
 # Usage: slurm/local/down.sh [--purge]
 #
@@ -7,7 +7,9 @@
 # ${SSL_HPC_SLURM_DIR:-/tmp/ssl-hpc-slurm}: slurmd, slurmctld, slurmdbd,
 # mariadbd, and munged only if up.sh started it (its pid file is
 # <state>/munge/munged.pid). Waits for each to exit (SIGKILL after
-# SSL_HPC_SLURM_STOP_TIMEOUT seconds, default 30). Exits 0 if already down.
+# SSL_HPC_SLURM_STOP_TIMEOUT seconds, default 30). With --nodes, also every process in the nodes'
+# network namespaces, the namespaces, their links, the bridge and the nodes' private /tmp folders
+# (exactly those listed in <state>/run/nodes.list). Exits 0 if already down.
 # --purge also deletes the state folder (configs, job state, accounting DB, logs).
 set -uo pipefail
 
@@ -18,7 +20,7 @@ PURGE=0
 for arg in "$@"; do
     case $arg in
         --purge) PURGE=1 ;;
-        -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "[slurm/local/down] unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -87,8 +89,16 @@ if [[ -d $STATE ]]; then
             done
         fi
     fi
-    # Order: compute node, controller, accounting daemon, its database, auth.
+    # Order: compute nodes, controller, accounting daemon, its database, auth.
     stop slurmd "$STATE/run/slurmd.pid"
+    for f in "$STATE"/run/slurmd-node*.pid; do [[ -e $f ]] && stop slurmd "$f"; done
+    RUND=$STATE/run
+    CTLD_PORT=$(sed -n 's/^SlurmctldPort=\([0-9]*\)$/\1/p' "$STATE/etc/slurm.conf" 2>/dev/null)
+    if [[ -n $CTLD_PORT ]]; then
+        # shellcheck source=slurm/local/nodes.sh
+        source "$(dirname "${BASH_SOURCE[0]}")/nodes.sh"
+        nodes_down
+    fi
     stop slurmctld "$STATE/run/slurmctld.pid"
     stop slurmdbd "$STATE/run/slurmdbd.pid"
     stop mariadbd "$STATE/mariadb/mariadbd.pid"

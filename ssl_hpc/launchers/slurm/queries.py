@@ -117,6 +117,16 @@ def squeue(job_ids: Iterable[str] | None = None, user: str | None = None) -> dic
     return entries
 
 
+def queued_comments(user: str) -> dict[str, str]:
+    """ONE ``squeue`` call: job (array task) id -> its comment, for all of ``user``'s queued jobs."""
+    comments: dict[str, str] = {}
+    for line in _command(["squeue", "-h", "-r", "-u", user, "-o", "%i|%k"]).splitlines():
+        job_id, _, comment = line.strip().partition("|")
+        for task in expand_job_id(job_id):
+            comments[task] = comment
+    return comments
+
+
 def sacct(job_ids: Iterable[str]) -> dict[str, AccountingEntry]:
     """ONE ``sacct`` call: job (array task) id -> its latest allocation record (after requeues: the last)."""
     ids = base_ids(job_ids)

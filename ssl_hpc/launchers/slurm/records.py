@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 SLURM_DIR = "slurm"
 RECORDS = "submissions.jsonl"
+INTENTS = "intents.jsonl"
 LOGS = "logs"
 AGGREGATE_KEY = "aggregate"
 
@@ -43,6 +44,20 @@ class Submission:
     pack: tuple[str, ...] = ()
     dependency: str = ""
     submitted_at: float = 0.0
+    submission_id: str = ""  # the Intent it came from (its id is in the Slurm job's comment)
+
+
+@dataclass(frozen=True)
+class Intent:
+    """One sbatch call about to be made, written (fsynced) before it: if the sweep command dies between
+    sbatch and writing the records, the next run finds those jobs in Slurm's queue by the id in their
+    comment, instead of queueing their keys a second time. ``packs[i]`` runs as array task ``i``."""
+
+    submission_id: str
+    stage: str
+    dependency: str
+    packs: tuple[tuple[str, ...], ...]
+    written_at: float
 
 
 def records_path(output_root: Path) -> Path:
@@ -70,13 +85,47 @@ def load_records(output_root: Path) -> dict[str, Submission]:
 
 
 def append_records(output_root: Path, records: Iterable[Submission]) -> None:
-    path = records_path(output_root)
+    _append_lines(records_path(output_root), [json.dumps(asdict(record)) for record in records])
+
+
+def _append_lines(path: Path, lines: Iterable[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as file:
-        for record in records:
-            file.write(json.dumps(asdict(record)) + "\n")
+        for line in lines:
+            file.write(line + "\n")
         file.flush()
         os.fsync(file.fileno())
+
+
+def append_intent(output_root: Path, intent: Intent) -> None:
+    _append_lines(slurm_dir(output_root) / INTENTS, [json.dumps(asdict(intent))])
+
+
+def close_intents(output_root: Path, submission_ids: Iterable[str]) -> None:
+    """These calls need no recovery any more: their jobs are recorded, never went in, or are gone."""
+    _append_lines(slurm_dir(output_root) / INTENTS, [json.dumps({"closed": sid}) for sid in submission_ids])
+
+
+def open_intents(output_root: Path, records: Iterable[Submission]) -> list[Intent]:
+    """Intents neither closed nor behind any record: sbatch calls whose outcome this folder does not know."""
+    path = slurm_dir(output_root) / INTENTS
+    if not path.is_file():
+        return []
+    intents: dict[str, Intent] = {}
+    closed = {record.submission_id for record in records if record.submission_id}
+    for line in path.read_text().splitlines():
+        try:
+            raw = json.loads(line)
+            if "closed" in raw:
+                closed.add(raw["closed"])
+                continue
+            raw["packs"] = tuple(tuple(pack) for pack in raw["packs"])
+            intent = Intent(**raw)
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignoring a malformed line of %s: %r", path, line[:200])
+            continue
+        intents[intent.submission_id] = intent
+    return [intent for sid, intent in intents.items() if sid not in closed]
 
 
 @contextmanager

@@ -27,9 +27,11 @@ def executor_for(
     after: str | None,
     after_kind: str = "afterok",
     aggregate: bool = False,
+    submission_id: str = "",
 ) -> submitit.SlurmExecutor:
     """The executor for one array (or the aggregation job, ``aggregate=True``) named ``name``, logging to
-    ``folder``, held until ``<after_kind>:<after>`` when ``after`` is given."""
+    ``folder``, held until ``<after_kind>:<after>`` when ``after`` is given. ``submission_id`` ends the
+    jobs' comment, where a later sweep command finds them if this one dies before recording them."""
     executor = submitit.SlurmExecutor(
         folder=folder, max_num_timeout=profile.max_requeues_on_timeout, python=profile.python
     )
@@ -45,7 +47,7 @@ def executor_for(
         array_parallelism=profile.array_parallelism,
         setup=setup,
         additional_parameters=extra,
-        comment=f"ssl-hpc {name}",
+        comment=f"ssl-hpc {name} {submission_id}".strip(),
     )
     partition = (profile.aggregate.partition or profile.partition) if aggregate else profile.partition
     mem = profile.aggregate.mem_gb if aggregate else profile.mem_gb

@@ -22,6 +22,7 @@ import getpass
 import logging
 import subprocess
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +34,17 @@ from ssl_hpc.files import atomic_write_text
 from ssl_hpc.jobs import Job
 from ssl_hpc.launchers.slurm.node import run_aggregation
 from ssl_hpc.launchers.slurm.plan import Plan, plan_submission
-from ssl_hpc.launchers.slurm.queries import ALIVE, QueueEntry, base_ids, max_array_size, squeue
+from ssl_hpc.launchers.slurm.queries import ALIVE, QueueEntry, base_ids, max_array_size, queued_comments, squeue
 from ssl_hpc.launchers.slurm.records import (
     AGGREGATE_KEY,
     LOGS,
+    Intent,
     Submission,
+    append_intent,
     append_records,
+    close_intents,
     load_records,
+    open_intents,
     slurm_dir,
     submission_lock,
 )
@@ -107,7 +112,7 @@ def submit_sweep(
         tracker = SweepTracker(context.tracking_uri, sweep.name)  # creates the store here, not in 100 jobs at once
         runs = tracker.runs_by_key()
         finished = {key for key, run in runs.items() if run.info.status == FINISHED}
-        records = load_records(context.output_root)
+        records = recover_unrecorded(context.output_root, load_records(context.output_root))
         need_queue = profile.max_submit_jobs is not None
         queue = squeue(user=getpass.getuser()) if need_queue else squeue([r.job_id for r in records.values()])
         alive = {
@@ -157,10 +162,19 @@ def submit_sweep(
                         )
                     packs = packs[:budget]
                 budget -= len(packs)
-            executor = executor_for(logs, profile, project_root, array.name, after)
+            intent = Intent(
+                uuid.uuid4().hex[:16],
+                array.stage,
+                f"afterok:{after}" if after else "",
+                tuple(tuple(job.key for job in pack) for pack in packs),
+                time.time(),
+            )
+            append_intent(context.output_root, intent)
+            executor = executor_for(logs, profile, project_root, array.name, after, submission_id=intent.submission_id)
             try:
                 job_ids = submit_array(executor, packs, context, profile.cpus_per_job)
             except Exception as error:  # sbatch refused (a site limit, a bad partition...): keep what went in
+                close_intents(context.output_root, [intent.submission_id])
                 message = str(error).strip().splitlines()
                 report.messages.append(f"sbatch refused array {array.name}: {message[-1] if message else error}")
                 report.not_submitted.update({key: "sbatch refused it" for key in keys})
@@ -180,17 +194,58 @@ def submit_sweep(
                             int(index) if index else None,
                             array.stage,
                             tuple(j.key for j in pack),
-                            f"afterok:{after}" if after else "",
+                            intent.dependency,
                             now,
+                            intent.submission_id,
                         )
                     )
             append_records(context.output_root, batch)
+            close_intents(context.output_root, [intent.submission_id])
             report.submitted += batch
         if report.submitted:
             report.aggregate = _submit_aggregation(
                 sweep, context, profile, project_root, records, queue, [*alive.values(), *new_ids.values()], report
             )
     return report
+
+
+def recover_unrecorded(output_root: Path, records: dict[str, Submission]) -> dict[str, Submission]:
+    """Records for the jobs of sbatch calls whose sweep command died before writing them (found in Slurm's
+    queue by the submission id in their comment), so that they are not queued a second time."""
+    pending = open_intents(output_root, records.values())
+    if not pending:
+        return records
+    comments = queued_comments(getpass.getuser())
+    found: list[Submission] = []
+    for intent in pending:
+        for job_id, comment in comments.items():
+            if comment.split()[-1:] != [intent.submission_id]:
+                continue
+            array_id, _, index = job_id.partition("_")
+            pack = intent.packs[int(index) if index else 0]
+            found += [
+                Submission(
+                    key,
+                    job_id,
+                    array_id,
+                    int(index) if index else None,
+                    intent.stage,
+                    pack,
+                    intent.dependency,
+                    intent.written_at,
+                    intent.submission_id,
+                )
+                for key in pack
+            ]
+    if found:
+        log.warning(
+            "%d key(s) were queued by a sweep command that stopped before recording them; recorded now: %s",
+            len(found),
+            ", ".join(sorted({record.job_id for record in found})),
+        )
+        append_records(output_root, found)
+    close_intents(output_root, [intent.submission_id for intent in pending])
+    return load_records(output_root)
 
 
 def aggregation_available(profile: SlurmProfile) -> bool:
