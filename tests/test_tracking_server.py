@@ -297,6 +297,18 @@ def test_requests_without_or_with_wrong_credentials_get_401(server: Server):
 
 
 @tracking_server
+def test_running_again_prints_the_same_lines_and_status_says_running(server: Server):
+    again = server.script()
+    assert again.stdout.splitlines() == [
+        f"MLFLOW_TRACKING_URI={server.uri}",
+        f"{CREDENTIALS_VARIABLE}={server.credentials}",
+    ]
+    assert "already running" in again.stderr
+    status = server.script("status")
+    assert "postgresql: running" in status.stdout and "mlflow: running" in status.stdout
+
+
+@tracking_server
 def test_a_client_without_credentials_is_told_which_variable_to_set(server: Server, monkeypatch):
     monkeypatch.delenv(CREDENTIALS_VARIABLE, raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
