@@ -418,17 +418,32 @@ def test_secrets_are_readable_by_their_owner_only(server: Server, tmp_path: Path
 
 
 @tracking_server
-def test_a_symlinked_state_folder_is_refused(server: Server, tmp_path: Path):
-    (tmp_path / "elsewhere").mkdir(mode=0o700)
-    (tmp_path / "state").symlink_to(tmp_path / "elsewhere")
+@pytest.mark.parametrize("planted", ["symlink", "foreign", "writable"])
+def test_a_state_folder_someone_else_could_have_planted_is_refused(server: Server, tmp_path: Path, planted: str):
+    state = tmp_path / "state"
+    if planted == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        state.symlink_to(tmp_path / "elsewhere")
+        says = "symbolic link"
+    elif planted == "foreign":
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a folder to another user")
+        state.mkdir(mode=0o700)
+        os.chown(state, 65534, 65534)  # nobody
+        says = "owned by uid 65534"
+    else:
+        state.mkdir()
+        state.chmod(0o777)
+        says = "writable by others"
     result = subprocess.run(
         ["bash", str(SCRIPT)],
-        env={**server.env, "SSL_HPC_MLFLOW_STATE": str(tmp_path / "state")},
+        env={**server.env, "SSL_HPC_MLFLOW_STATE": str(state)},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1 and "symbolic link" in result.stderr and result.stdout == ""
+    assert result.returncode == 1 and says in result.stderr and result.stdout == ""
+    assert not (state / "credentials").exists()
 
 
 @tracking_server
