@@ -70,13 +70,15 @@ write_hosts() {
 }
 
 # The folders a node shares with the login node, one per line: the state folder (slurm.conf, spool),
-# the checkout, the data root, and what --share / SSL_HPC_SLURM_SHARE named. Kept in etc/shares.
+# the checkout, the data root, and what --share / SSL_HPC_SLURM_SHARE named. Kept in etc/shares, and
+# kept when up.sh runs again (to restart a node that died) without naming them again.
 write_shares() {
     local checkout=$1 p
     shift
     {
         printf '%s\n' "$STATE" "$checkout"
         [[ -n ${MEDMNIST_ROOT:-} ]] && printf '%s\n' "$MEDMNIST_ROOT"
+        [[ -f $ETC/shares ]] && cat "$ETC/shares"
         for p in "$@"; do printf '%s\n' "$p"; done
     } | awk 'NF && !seen[$0]++' | write_if_changed "$ETC/shares" 644
 }
