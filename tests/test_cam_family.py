@@ -204,3 +204,12 @@ def test_new_cam_methods_appear_in_the_figures_and_metrics_of_an_explain_run(tmp
     summary = json.loads((tmp_path / "cam_summary.json").read_text())
     assert summary["methods"] == list(NEW)
     assert summary["layers"] == dict.fromkeys(NEW, "backbone.body.3")
+
+
+def test_plain_cam_keeps_the_pooled_layer_even_when_coarse_and_says_so(caplog):
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18", BackboneRequest(1, 28, stem="imagenet"))  # layer4 pools 1 x 1 maps
+    model = Classifier(Preprocess(1, 1, backbone.info.mean, backbone.info.std), backbone, build_head("linear", 512, 2))
+    target = plain_cam_target(model, images(2), min_grid=4)
+    assert (target.name, target.grid) == ("backbone.body.layer4.1", (1, 1))
+    assert "plain CAM reads backbone.body.layer4.1" in caplog.text

@@ -191,12 +191,24 @@ def gradients_everywhere(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def plain_cam_target(model: nn.Module, sample: torch.Tensor, override: str | None = None) -> CamTarget:
+def plain_cam_target(
+    model: nn.Module, sample: torch.Tensor, override: str | None = None, min_grid: int = 1
+) -> CamTarget:
     """The layer plain CAM reads: ``override`` (``cam.target_layer``) or the backbone's CAM layer, never the
     finer fallback of ``cam.min_cam_grid`` (the head's weights apply to the pooled maps only), once
-    :func:`~ssl_hpc.explain.plain_cam.check_pooled_linear` has found the model fit for it on ``sample``."""
+    :func:`~ssl_hpc.explain.plain_cam.check_pooled_linear` has found the model fit for it on ``sample``.
+    A grid coarser than ``min_grid`` is kept, with a warning: a ResNet with its ImageNet stem pools 1 x 1
+    maps at 28 px, and every plain CAM of it is blank."""
     target = resolve_target(model, sample[:1], override or default_layer_name(model))
     check_pooled_linear(model, target.name, sample, target.tokens)
+    if min(target.grid) < min_grid:
+        log.warning(
+            "plain CAM reads %s, the layer the head pools: %dx%d maps (< cam.min_cam_grid=%d), too coarse to show "
+            "where; they are kept (plain CAM is not defined at a finer layer)",
+            target.name,
+            *target.grid,
+            min_grid,
+        )
     return target
 
 

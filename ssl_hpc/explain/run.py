@@ -106,7 +106,9 @@ def explain_classifier(
     target = resolve_target(model, images[:1], settings.target_layer, settings.min_cam_grid)
     # Plain CAM reads the layer the head pools, and is refused here, before any map is computed, if there is none.
     targets = {
-        method: plain_cam_target(model, images[:8], settings.target_layer) if method == "cam" else target
+        method: plain_cam_target(model, images[:8], settings.target_layer, settings.min_cam_grid)
+        if method == "cam"
+        else target
         for method in settings.methods
     }
     summary: dict = {
