@@ -328,11 +328,11 @@ def expand_jobs(sweep: SweepConfig) -> list[Job]:
                         "(same method and settings); give it a setting of its own or remove it"
                     )
     if sweep.cam.enabled and "cam" in sweep.cam.methods:
-        check_plain_cam(finetune_jobs.values())
+        check_plain_cam(finetune_jobs.values(), sweep.cam.target_layer)
     return [*pretrain_jobs.values(), *finetune_jobs.values()]
 
 
-def check_plain_cam(jobs: Iterable[Job]) -> None:
+def check_plain_cam(jobs: Iterable[Job], target_layer: str | None = None) -> None:
     """Plain CAM (``cam`` in ``cam.methods``) explains only a global-average-pooling + linear head: a
     fine-tune job whose head or backbone rules that out is refused here, before anything trains, not
     when its explain step starts after training. k-NN jobs have no head and are not explained."""
@@ -343,7 +343,8 @@ def check_plain_cam(jobs: Iterable[Job]) -> None:
         config = job.config
         if config.finetune == "knn":
             continue
-        why = config_refusal(config.finetune_settings.head, config.backbone, BACKBONE_FAMILIES.get(config.backbone, ""))
+        family = BACKBONE_FAMILIES.get(config.backbone, "")
+        why = config_refusal(config.finetune_settings.head, config.backbone, family, target_layer)
         if why:
             reasons.setdefault(why, []).append(job.model_name or config.method)
     if reasons:

@@ -163,6 +163,8 @@ def test_plain_cam_refused_when_the_sweep_is_expanded():
         expand_jobs(validate_sweep(base(cam__methods=["cam"], finetune__head="mlp")))
     with pytest.raises(ConfigError, match=r"cam\.methods[\s\S]*vit_mini is a ViT"):
         expand_jobs(validate_sweep(base(cam__methods=["cam"], grid__backbone=["vit_mini"])))
+    with pytest.raises(ConfigError, match=r"cam\.methods[\s\S]*vgg16: timm's VGG"):
+        expand_jobs(validate_sweep(base(cam__methods=["cam"], grid__backbone=["vgg16"])))
     expand_jobs(validate_sweep(base(cam__methods=["gradcam"], finetune__head="mlp")))  # no 'cam': fine
     expand_jobs(validate_sweep(base(cam__methods=["cam"], cam__enabled=False, finetune__head="mlp")))
 

@@ -23,8 +23,12 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from torch import nn
 
 WHY = "plain CAM needs a head of global average pooling + one linear layer (Zhou et al., 2016)"
-# Backbones whose pooled features go through more layers before the head (timm's VGG: a ConvMlp).
-NOT_POOLED_LINEAR = {name: "timm's VGG has two fully connected layers after the pooling" for name in ("vgg16", "vgg19")}
+# Backbones whose CAM layer is not the one pooled: timm's VGG runs its two fully connected layers (as
+# convolutions, a ConvMlp) between the last conv block and the global average pooling.
+NOT_POOLED_LINEAR = {
+    name: "timm's VGG has two fully connected layers between its CAM layer and the pooling"
+    for name in ("vgg16", "vgg19")
+}
 
 
 class PlainCAM(BaseCAM):
@@ -38,14 +42,17 @@ class PlainCAM(BaseCAM):
         return np.stack([self.weight[int(target.category)] for target in targets])
 
 
-def config_refusal(head: str, backbone: str, family: str) -> str | None:
+def config_refusal(head: str, backbone: str, family: str, target_layer: str | None = None) -> str | None:
     """Why ``cam`` cannot explain a fine-tuned ``backbone`` with this ``head``, known from settings
-    alone; None when only the model can tell (:func:`plain_cam_target`)."""
+    alone; None when only the model can tell (:func:`check_pooled_linear`), as for any ``cam.target_layer``
+    on a CNN."""
     if head != "linear":
         return f"the {head} head is not one linear layer (finetune.head: linear is)"
     if family == "vit":
         return f"{backbone} is a ViT: its head reads the class token or pooled tokens, not a layer's maps"
-    return f"{backbone}: {NOT_POOLED_LINEAR[backbone]}" if backbone in NOT_POOLED_LINEAR else None
+    if backbone in NOT_POOLED_LINEAR and target_layer is None:
+        return f"{backbone}: {NOT_POOLED_LINEAR[backbone]}"
+    return None
 
 
 def check_pooled_linear(model: nn.Module, layer: str, sample: torch.Tensor, tokens: bool = False) -> None:
