@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ssl_hpc.config import (
@@ -326,7 +327,29 @@ def expand_jobs(sweep: SweepConfig) -> list[Job]:
                         f"variants: {model_name!r} runs exactly the same jobs as {same.model_name!r} "
                         "(same method and settings); give it a setting of its own or remove it"
                     )
+    if sweep.cam.enabled and "cam" in sweep.cam.methods:
+        check_plain_cam(finetune_jobs.values(), sweep.cam.target_layer)
     return [*pretrain_jobs.values(), *finetune_jobs.values()]
+
+
+def check_plain_cam(jobs: Iterable[Job], target_layer: str | None = None) -> None:
+    """Plain CAM (``cam`` in ``cam.methods``) explains only a global-average-pooling + linear head: a
+    fine-tune job whose head or backbone rules that out is refused here, before anything trains, not
+    when its explain step starts after training. k-NN jobs have no head and are not explained."""
+    from ssl_hpc.explain.plain_cam import WHY, config_refusal  # pytorch-grad-cam: only when asked for
+
+    reasons: dict[str, list[str]] = {}
+    for job in jobs:
+        config = job.config
+        if config.finetune == "knn":
+            continue
+        family = BACKBONE_FAMILIES.get(config.backbone, "")
+        why = config_refusal(config.finetune_settings.head, config.backbone, family, target_layer)
+        if why:
+            reasons.setdefault(why, []).append(job.model_name or config.method)
+    if reasons:
+        found = "; ".join(f"{why} ({', '.join(sorted(set(models)))})" for why, models in reasons.items())
+        raise ConfigError(f"cam.methods: 'cam' cannot explain these fine-tuned models: {found}. {WHY}; remove 'cam'")
 
 
 def order_jobs(jobs: list[Job]) -> list[Job]:

@@ -8,7 +8,18 @@ from pydantic import Field, StrictBool, StrictFloat, StrictInt, field_validator
 
 from ssl_hpc.config.base import Strict
 
-CamMethodName = Literal["gradcam", "gradcam++", "xgradcam", "layercam", "eigencam", "scorecam", "ablationcam"]
+CamMethodName = Literal[
+    "gradcam",
+    "gradcam++",
+    "xgradcam",
+    "layercam",
+    "eigencam",
+    "scorecam",
+    "ablationcam",
+    "guided_gradcam",  # guided backpropagation x Grad-CAM (Selvaraju et al.): a pixel-level map
+    "faster_scorecam",  # Score-CAM over the max_channels channels of highest variance
+    "cam",  # the original CAM (Zhou et al., 2016): only for a global-average-pooling + one linear layer head
+]
 
 
 class CamSettings(Strict):
@@ -39,6 +50,10 @@ class CamSettings(Strict):
     seed: StrictInt = 0
     batch_size: StrictInt = Field(64, ge=1)
     scorecam_batch_size: StrictInt = Field(64, ge=1)
+    # faster_scorecam: Score-CAM masks the image with this many activation channels of highest variance
+    # (per image) instead of all of them (512 on a ResNet-18's layer4): its cost is one forward pass per
+    # channel per image. With as many as the layer has it is Score-CAM exactly.
+    max_channels: StrictInt = Field(32, ge=1)
     faithfulness: StrictBool = True
     road_percentiles: list[StrictInt] = Field(default_factory=lambda: [20, 40, 60, 80], min_length=1)
     topk_percent: StrictFloat = Field(10.0, gt=0, lt=100)

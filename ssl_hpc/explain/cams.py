@@ -29,6 +29,10 @@ from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from ssl_hpc.explain.faster_scorecam import FasterScoreCAM
+from ssl_hpc.explain.guided import GuidedGradCAM
+from ssl_hpc.explain.plain_cam import PlainCAM, check_pooled_linear, head_weight
+
 log = logging.getLogger(__name__)
 
 CAM_METHODS: dict[str, type] = {
@@ -39,7 +43,12 @@ CAM_METHODS: dict[str, type] = {
     "eigencam": EigenCAM,
     "scorecam": ScoreCAM,
     "ablationcam": AblationCAM,
+    "guided_gradcam": GuidedGradCAM,
+    "faster_scorecam": FasterScoreCAM,
+    "cam": PlainCAM,
 }
+# Methods that score masked copies of one image per channel: explained one image at a time.
+PER_CHANNEL_SCORING = ("scorecam", "faster_scorecam")
 
 
 def metric_slug(method: str) -> str:
@@ -182,8 +191,32 @@ def gradients_everywhere(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def build_cam(method: str, model: nn.Module, target: CamTarget, prefix_tokens: int, batch_size: int):
-    """A pytorch-grad-cam object for ``method`` on ``target`` (ScoreCAM/AblationCAM batch ``batch_size``)."""
+def plain_cam_target(
+    model: nn.Module, sample: torch.Tensor, override: str | None = None, min_grid: int = 1
+) -> CamTarget:
+    """The layer plain CAM reads: ``override`` (``cam.target_layer``) or the backbone's CAM layer, never the
+    finer fallback of ``cam.min_cam_grid`` (the head's weights apply to the pooled maps only), once
+    :func:`~ssl_hpc.explain.plain_cam.check_pooled_linear` has found the model fit for it on ``sample``.
+    A grid coarser than ``min_grid`` is kept, with a warning: a ResNet with its ImageNet stem pools 1 x 1
+    maps at 28 px, and every plain CAM of it is blank."""
+    target = resolve_target(model, sample[:1], override or default_layer_name(model))
+    check_pooled_linear(model, target.name, sample, target.tokens)
+    if min(target.grid) < min_grid:
+        log.warning(
+            "plain CAM reads %s, the layer the head pools: %dx%d maps (< cam.min_cam_grid=%d), too coarse to show "
+            "where; they are kept (plain CAM is not defined at a finer layer)",
+            target.name,
+            *target.grid,
+            min_grid,
+        )
+    return target
+
+
+def build_cam(
+    method: str, model: nn.Module, target: CamTarget, prefix_tokens: int, batch_size: int, max_channels: int = 32
+):
+    """A pytorch-grad-cam object for ``method`` on ``target`` (ScoreCAM/AblationCAM batch ``batch_size``;
+    Faster Score-CAM keeps ``max_channels`` channels)."""
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; accepted: {', '.join(CAM_METHODS)}")
     reshape = TokenGrid(target.grid, prefix_tokens) if target.tokens else None
@@ -193,8 +226,13 @@ def build_cam(method: str, model: nn.Module, target: CamTarget, prefix_tokens: i
         return AblationCAM(
             model, [target.module], reshape_transform=reshape, ablation_layer=layer, batch_size=batch_size
         )
-    cam = cls(model, [target.module], reshape_transform=reshape)
-    if cls is ScoreCAM:
+    if cls is FasterScoreCAM:
+        cam = FasterScoreCAM(model, [target.module], reshape_transform=reshape, max_channels=max_channels)
+    elif cls is PlainCAM:
+        cam = PlainCAM(model, [target.module], head_weight(model), reshape_transform=reshape)
+    else:
+        cam = cls(model, [target.module], reshape_transform=reshape)
+    if isinstance(cam, ScoreCAM):
         cam.batch_size = batch_size  # read by ScoreCAM.get_cam_weights
     return cam
 
@@ -208,18 +246,24 @@ def compute_cams(
     batch_size: int = 64,
     method_batch_size: int = 64,
     on_batch: Callable[[int], None] | None = None,
+    max_channels: int = 32,
 ) -> np.ndarray:
-    """Maps ``[N, H, W]`` (float32 in [0, 1]) of ``method`` for ``classes`` on float ``images`` in [0, 1]."""
+    """Maps ``[N, H, W]`` (float32 in [0, 1]) of ``method`` for ``classes`` on float ``images`` in [0, 1].
+
+    ``cam`` (plain CAM) is refused with a :class:`ValueError` naming ``cam.methods`` unless ``target`` is
+    the layer a global-average-pooling + linear head reads (:func:`plain_cam_target`)."""
     if len(images) == 0:
         return np.zeros((0, *images.shape[-2:]), dtype=np.float32)
     prefix = model.backbone.info.prefix_tokens
-    if method == "scorecam":
+    if method == "cam":
+        check_pooled_linear(model, target.name, images[:8], target.tokens)
+    if method in PER_CHANNEL_SCORING:
         # pytorch-grad-cam's ScoreCAM masks every image with every channel at once (images x channels x
         # C x H x W) before batching over channels: one image at a time keeps that to one image's worth.
         batch_size = 1
     maps = []
     with gradients_everywhere(model):
-        cam = build_cam(method, model, target, prefix, method_batch_size)
+        cam = build_cam(method, model, target, prefix, method_batch_size, max_channels)
         try:
             for start in range(0, len(images), batch_size):
                 batch = images[start : start + batch_size]
@@ -236,7 +280,7 @@ def compute_cams(
 @contextlib.contextmanager
 def _quiet(method: str) -> Iterator[None]:
     """ScoreCAM and AblationCAM draw a tqdm bar per image on stderr; keep job logs readable."""
-    if method in ("scorecam", "ablationcam"):
+    if method in (*PER_CHANNEL_SCORING, "ablationcam"):
         with contextlib.redirect_stderr(io.StringIO()):
             yield
     else:

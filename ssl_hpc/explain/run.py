@@ -20,7 +20,7 @@ import torch
 from ssl_hpc.config import CamSettings
 from ssl_hpc.data.augment import to_unit_float
 from ssl_hpc.data.splits import ImageSplit
-from ssl_hpc.explain.cams import compute_cams, metric_slug, resolve_target
+from ssl_hpc.explain.cams import compute_cams, metric_slug, plain_cam_target, resolve_target
 from ssl_hpc.explain.faithfulness import faithfulness_scores
 from ssl_hpc.explain.figures import class_grid_figure, confidence_histograms
 from ssl_hpc.explain.localization import localization_scores
@@ -104,11 +104,19 @@ def explain_classifier(
 
     images = to_unit_float(test.images[torch.as_tensor(needed, device=test.images.device)].to(device))
     target = resolve_target(model, images[:1], settings.target_layer, settings.min_cam_grid)
+    # Plain CAM reads the layer the head pools, and is refused here, before any map is computed, if there is none.
+    targets = {
+        method: plain_cam_target(model, images[:8], settings.target_layer, settings.min_cam_grid)
+        if method == "cam"
+        else target
+        for method in settings.methods
+    }
     summary: dict = {
         "target_layer": target.name,
         "grid": list(target.grid),
         "fell_back_from": target.fell_back_from,
         "methods": list(settings.methods),
+        "layers": {method: method_target.name for method, method_target in targets.items()},
         "test_images": len(test),
         "score_images": len(scored),
         "figure_images": len(shown),
@@ -123,7 +131,8 @@ def explain_classifier(
     checked = scored if len(scored) else needed  # the images of the randomisation check
     checked_rows = np.array([position[int(i)] for i in checked], dtype=np.int64)
     twin = randomized_copy(model, settings.seed)
-    twin_target = resolve_target(twin, images[:1], target.name)
+    twin_layers = {name: resolve_target(twin, images[:1], name) for name in {layer.name for layer in targets.values()}}
+    twin_targets = {method: twin_layers[layer.name] for method, layer in targets.items()}
     summary["randomization_fails"] = []
     for method in settings.methods:
         slug = metric_slug(method)
@@ -133,11 +142,12 @@ def explain_classifier(
             model,
             images,
             method,
-            target,
+            targets[method],
             preds[needed],
             settings.batch_size,
             settings.scorecam_batch_size,
             on_batch=lambda n, counter=processed: counter.__setitem__(0, counter[0] + n),
+            max_channels=settings.max_channels,
         )
         cam_seconds = time.perf_counter() - started
         maps_by_method[method] = maps
@@ -146,10 +156,11 @@ def explain_classifier(
             twin,
             images[torch.as_tensor(checked_rows, device=images.device)],
             method,
-            twin_target,
+            twin_targets[method],
             preds[checked],
             settings.batch_size,
             settings.scorecam_batch_size,
+            max_channels=settings.max_channels,
         )
         correlation = randomization_spearman(maps[checked_rows], random_maps)
         metrics[f"cam_{slug}_randomization_spearman"] = correlation
