@@ -16,11 +16,13 @@ from ssl_hpc.config.cluster import (
     TuneSettings,
 )
 from ssl_hpc.config.datasets import (
+    BUILTIN_DATASETS,
     DATASET_NAME,
     IMAGE_EXTENSIONS,
     MEDMNIST_2D,
     MEDMNIST_2D_TASKS,
     SINGLE_LABEL,
+    TORCHVISION_SIZES,
     ImageFolderSpec,
     dataset_modality,
     default_data_root,
@@ -48,6 +50,7 @@ from ssl_hpc.config.sweep import (
 
 __all__ = [
     "BACKENDS",
+    "BUILTIN_DATASETS",
     "DATASET_NAME",
     "FINETUNE_MODES",
     "FUSION_NAME",
@@ -55,6 +58,7 @@ __all__ = [
     "MEDMNIST_2D",
     "MEDMNIST_2D_TASKS",
     "SINGLE_LABEL",
+    "TORCHVISION_SIZES",
     "AggregateResources",
     "AggregateSettings",
     "CamMethodName",

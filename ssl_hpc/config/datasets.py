@@ -1,4 +1,4 @@
-"""The datasets a sweep can name: MedMNIST's 2D datasets, and image folders it declares itself.
+"""The datasets a sweep can name: MedMNIST's 2D datasets, MNIST, and image folders it declares itself.
 
 MedMNIST's names are written out here rather than read from the ``medmnist`` package, which imports
 torch: a sweep is validated without it. ``tests/test_config.py`` checks the table against
@@ -43,6 +43,13 @@ MEDMNIST_MODALITY = {
     "chestmnist": "xray",
 }
 SINGLE_LABEL: tuple[str, ...] = tuple(n for n, task in MEDMNIST_2D_TASKS.items() if not task.startswith("multi-label"))
+# Datasets read through torchvision's dataset classes from the same data root (ssl_hpc.data.mnist):
+# name -> the only image size they come in. MNIST (the rotation-prediction report's data) is 28 px, 1 channel,
+# 10 classes; its validation split is carved from train (ssl_hpc.data.mnist.MNIST_VAL_FRACTION).
+TORCHVISION_SIZES: dict[str, int] = {"mnist": 28}
+# Every built-in name a grid may use (image folders add their own).
+BUILTIN_DATASETS: tuple[str, ...] = (*SINGLE_LABEL, *TORCHVISION_SIZES)
+RESERVED_NAMES: tuple[str, ...] = (*MEDMNIST_2D, *TORCHVISION_SIZES)
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _NAME = re.compile(r"^[^/\\]+$")

@@ -16,7 +16,15 @@ from pydantic import Field, StrictBool, StrictFloat, StrictInt, ValidationInfo, 
 from ssl_hpc.config.base import FieldError, Strict, Text, validate_partial
 from ssl_hpc.config.cam import CamSettings
 from ssl_hpc.config.cluster import RaySettings, SlurmSettings, TuneSettings
-from ssl_hpc.config.datasets import DATASET_NAME, MEDMNIST_2D, SINGLE_LABEL, ImageFolderSpec
+from ssl_hpc.config.datasets import (
+    BUILTIN_DATASETS,
+    DATASET_NAME,
+    MEDMNIST_2D,
+    RESERVED_NAMES,
+    SINGLE_LABEL,
+    TORCHVISION_SIZES,
+    ImageFolderSpec,
+)
 from ssl_hpc.config.stages import DataSettings, FinetuneSettings, ModelSettings, PretrainSettings, RuntimeSettings
 
 FINETUNE_MODES = ("frozen", "end_to_end", "partial", "knn")
@@ -200,9 +208,11 @@ class SweepConfig(Strict):
     @classmethod
     def _dataset_names(cls, values: dict[str, ImageFolderSpec]) -> dict[str, ImageFolderSpec]:
         for name in values:
-            if name in MEDMNIST_2D:
+            if name in RESERVED_NAMES:
+                kind = "a MedMNIST" if name in MEDMNIST_2D else "a built-in (torchvision)"
                 raise FieldError(
-                    f"datasets.{name}", f"{name!r} is a MedMNIST dataset's name; give the image folder its own name"
+                    f"datasets.{name}",
+                    f"{name!r} is {kind} dataset's name; give the image folder its own name (e.g. {name}_png)",
                 )
             if not DATASET_NAME.fullmatch(name):
                 raise FieldError(f"datasets.{name}", f"dataset name {name!r} must match {DATASET_NAME.pattern}")
@@ -221,7 +231,7 @@ class SweepConfig(Strict):
                     f"{', '.join(map(repr, unknown))} is not a model of this sweep; accepted: "
                     f"{', '.join(sorted(models))}",
                 )
-        known = set(SINGLE_LABEL) | set(self.datasets)
+        known = set(BUILTIN_DATASETS) | set(self.datasets)
         for entry, overrides in [*self.methods.items(), *self.variants.items()]:
             section = "variants" if entry in self.variants else "methods"
             for index, name in enumerate(overrides.pretrain.get("extra_unlabeled", ())):
@@ -241,11 +251,20 @@ class SweepConfig(Strict):
                     f"pretrain.extra_unlabeled[{index}]",
                     f"{name!r} is a dataset of the grid: its train split is pretrained on already",
                 )
-        accepted = ", ".join(sorted(SINGLE_LABEL))
+        accepted = ", ".join(sorted(BUILTIN_DATASETS))
         if self.datasets:
             accepted += f"; or a dataset declared under datasets: {', '.join(sorted(self.datasets))}"
         for index, name in enumerate(self.grid.dataset):
             if name in self.datasets:
+                continue
+            if name in TORCHVISION_SIZES:
+                size = TORCHVISION_SIZES[name]
+                if self.grid.size != [size]:
+                    raise FieldError(
+                        "grid.size",
+                        f"{name!r} comes in {size} px only, got {self.grid.size}; keep size: [{size}] "
+                        "(model.input_size resizes the images for the network)",
+                    )
                 continue
             if name not in MEDMNIST_2D:
                 raise FieldError(

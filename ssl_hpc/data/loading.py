@@ -1,7 +1,8 @@
 """Which loader a dataset name goes to, and a per-process cache so a sweep's runs share loads.
 
 A name declared under the sweep's ``datasets:`` is an image folder
-(:func:`ssl_hpc.data.image_folder.load_image_folder`); any other name is a MedMNIST dataset.
+(:func:`ssl_hpc.data.image_folder.load_image_folder`); ``mnist`` is torchvision's MNIST
+(:func:`ssl_hpc.data.mnist.load_mnist`); any other name is a MedMNIST dataset.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from ssl_hpc.data.duplicates import (
 )
 from ssl_hpc.data.image_folder import ImageFolderSpec, index_image_folder, load_image_folder
 from ssl_hpc.data.medmnist import ensure_medmnist_file, load_medmnist
+from ssl_hpc.data.mnist import NAME as MNIST_NAME
+from ssl_hpc.data.mnist import ensure_mnist_files, load_mnist
 from ssl_hpc.data.splits import LabeledDataset
 
 
@@ -44,6 +47,8 @@ class DatasetCache:
             spec = self.datasets.get(name)
             if spec is not None:
                 self._loaded[key] = load_image_folder(name, spec, size, self.cache_dir, data_root=self.data_root)
+            elif name == MNIST_NAME:
+                self._loaded[key] = load_mnist(size, self.data_root, download=download)
             else:
                 self._loaded[key] = load_medmnist(name, size, self.data_root, download=download)
         return self._loaded[key]
@@ -91,13 +96,15 @@ def ensure_dataset(
 ) -> None:
     """Checks a dataset is there before anything is submitted (on the login node).
 
-    MedMNIST: the file is present (downloaded if allowed). Image folder: the layout, classes and
+    MedMNIST, MNIST: the files are present (downloaded if allowed). Image folder: the layout, classes and
     masks are valid and the split is made and saved -- without decoding any image. Raises
     :class:`~ssl_hpc.data.medmnist.DatasetMissingError` or
     :class:`~ssl_hpc.data.image_folder.DatasetFolderError`, naming the file or folder.
     """
     spec = (datasets or {}).get(name)
-    if spec is None:
+    if spec is None and name == MNIST_NAME:
+        ensure_mnist_files(data_root, download=download)
+    elif spec is None:
         ensure_medmnist_file(name, size, data_root, download=download)
     else:
         index_image_folder(spec, data_root, cache_dir)
