@@ -105,6 +105,9 @@ class RuntimeSettings(Strict):
     eval_batch_size: StrictInt = Field(512, ge=1)
     num_threads: StrictInt | None = Field(None, ge=1)
     keep_checkpoints: StrictBool = False
+    # Frozen fine-tuning without augmentation trains the head on features computed once per run
+    # (ssl_hpc.train.feature_cache); false recomputes them every epoch (same results up to float noise).
+    feature_cache: StrictBool = True
     # Resume from a checkpoint another version of the code wrote (by default it is moved aside and the run
     # restarts, so that a fixed bug does not live on in a resumed run).
     resume_other_version: StrictBool = False

@@ -11,19 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_hpc.data.augment import to_unit_float
+from ssl_hpc.evaluate.predict import forward_in_batches
 
 
-@torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """L2-normalised features of uint8 ``images`` through ``encoder`` (in eval mode)."""
-    was_training = encoder.training
-    encoder.eval()
-    features = [
-        encoder(to_unit_float(images[start : start + batch_size])).float()
-        for start in range(0, len(images), batch_size)
-    ]
-    encoder.train(was_training)
-    return F.normalize(torch.cat(features), dim=1)
+    raw = forward_in_batches(encoder, images, batch_size, lambda batch: encoder(to_unit_float(batch)).float())
+    return F.normalize(raw, dim=1)
 
 
 @torch.no_grad()

@@ -119,14 +119,20 @@ class ClassificationTask:
         batch = to_unit_float(images)
         if self.augment is not None:
             batch = self.augment(batch)
-        logits = self.module(batch)
+        return self.cross_entropy(self.module(batch), labels)
+
+    def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels, weight=self.class_weights)
 
     def after_step(self, progress: float) -> None:
         pass
 
+    def val_logits(self) -> torch.Tensor:
+        """The model's logits on the validation split (float32, eval mode)."""
+        return predict_logits(self.module, self.val.images, self.eval_batch_size)
+
     def validate(self) -> dict[str, float]:
-        logits = predict_logits(self.module, self.val.images, self.eval_batch_size)
+        logits = self.val_logits()
         labels = self.val.labels
         metrics = classification_metrics(labels.cpu().numpy(), softmax_numpy(logits), prefix="val_")
         keep = {name: metrics[name] for name in ("val_acc", "val_balanced_acc", "val_auc")}

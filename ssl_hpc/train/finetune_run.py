@@ -21,6 +21,7 @@ from ssl_hpc.evaluate.metrics import classification_metrics, confusion
 from ssl_hpc.evaluate.plots import plot_confusion_matrix, plot_curves
 from ssl_hpc.evaluate.predict import predict_logits, softmax_numpy
 from ssl_hpc.models.factory import build_classifier
+from ssl_hpc.train.feature_cache import FeatureHeadTask, cache_features, head_logits, uses_feature_cache
 from ssl_hpc.train.finetune import ClassificationTask, class_weight_tensor, configure_trainable, count_trainable
 from ssl_hpc.train.handle import RunHandle, save_model
 from ssl_hpc.train.loop import fit
@@ -54,10 +55,7 @@ def run_finetune(handle: RunHandle, cache: DatasetCache) -> None:
             model, train, val, test, dataset.num_classes, settings.knn_k, handle
         )
     else:
-        history, best_epoch, seconds = train_classifier(handle, model, train, val, dataset)
-        eval_batch = handle.context.runtime.eval_batch_size
-        test_probs = softmax_numpy(predict_logits(model, test.images, eval_batch, handle.precision.autocast))
-        val_probs = softmax_numpy(predict_logits(model, val.images, eval_batch, handle.precision.autocast))
+        history, best_epoch, seconds, val_probs, test_probs = train_classifier(handle, model, train, val, test, dataset)
 
     test_labels, val_labels = test.labels.cpu().numpy(), val.labels.cpu().numpy()
     metrics = classification_metrics(test_labels, test_probs)
@@ -118,10 +116,15 @@ def log_leakage(handle: RunHandle, cache: DatasetCache) -> None:
     handle.log_artifacts(paths, "leakage")
 
 
-def train_classifier(handle: RunHandle, model, train: ImageSplit, val: ImageSplit, dataset: LabeledDataset):
-    """Trains the head (and whatever the mode opens); leaves ``model`` at its kept epoch."""
+def train_classifier(
+    handle: RunHandle, model, train: ImageSplit, val: ImageSplit, test: ImageSplit, dataset: LabeledDataset
+):
+    """Trains the head (and whatever the mode opens); leaves ``model`` at its kept epoch and returns its
+    history, kept epoch, seconds and class probabilities on val and test. A frozen backbone on
+    unaugmented images is run once, not every epoch (:mod:`ssl_hpc.train.feature_cache`)."""
     config = handle.job.config
     settings = config.finetune_settings
+    runtime = handle.context.runtime
     counts = class_counts(train.labels.cpu().numpy(), dataset.num_classes)
     weights = class_weights(
         config.class_weight or "none", counts, beta=settings.effective_number_beta, class_names=dataset.class_names
@@ -133,18 +136,22 @@ def train_classifier(handle: RunHandle, model, train: ImageSplit, val: ImageSpli
     tags = {"trainable_params": str(count_trainable(model))}
     if weights is not None:
         tags["class_weights"] = ",".join(f"{w:.4f}" for w in weights)
+    weight_tensor = class_weight_tensor(weights, handle.precision.device)
+    cache = None
+    if uses_feature_cache(config.finetune, settings.augment, runtime.feature_cache):
+        cache = cache_features(
+            model, {"train": train, "val": val, "test": test}, handle.precision, runtime.eval_batch_size
+        )
+        tags["feature_cache"] = "true"
+        handle.tracker.log_metrics(handle.run_id, {"feature_cache_seconds": cache.seconds})
+        task = FeatureHeadTask(model, opened, cache.val, weight_tensor, runtime.eval_batch_size)
+    else:
+        augment = classification_augmentation(settings.augment, dataset.image_size)
+        task = ClassificationTask(model, opened, val, weight_tensor, augment, runtime.eval_batch_size)
     handle.tracker.set_tags(handle.run_id, tags)
-    task = ClassificationTask(
-        model,
-        opened,
-        val,
-        class_weight_tensor(weights, handle.precision.device),
-        classification_augmentation(settings.augment, dataset.image_size),
-        handle.context.runtime.eval_batch_size,
-    )
     result = fit(
         task,
-        train,
+        train if cache is None else cache.train,
         settings,
         seed=config.seed,
         workdir=handle.workdir,
@@ -160,7 +167,13 @@ def train_classifier(handle: RunHandle, model, train: ImageSplit, val: ImageSpli
     if result.best_state is not None:
         model.load_state_dict(result.best_state)
     seconds = sum(entry["epoch_seconds"] for entry in result.history)  # over every attempt
-    return result.history, result.best_epoch, seconds
+    batch, autocast = runtime.eval_batch_size, handle.precision.autocast
+    if cache is None:
+        val_logits, test_logits = (predict_logits(model, split.images, batch, autocast) for split in (val, test))
+    else:
+        seconds += cache.seconds  # this attempt's; the epochs are what the cache saves
+        val_logits, test_logits = (head_logits(model, split, batch, autocast) for split in (cache.val, cache.test))
+    return result.history, result.best_epoch, seconds, softmax_numpy(val_logits), softmax_numpy(test_logits)
 
 
 def knn_predictions(

@@ -24,7 +24,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ssl_hpc.config import StageSettings
-from ssl_hpc.data.splits import ImageSplit
 from ssl_hpc.files import load_checkpoint, save_atomic
 from ssl_hpc.train.optim import build_optimizer, lr_at_epoch, set_lr
 
@@ -56,6 +55,20 @@ class CheckpointPolicy:
     on_discard: Callable[[str], None] | None = field(default=None, compare=False)
 
 
+class Examples(Protocol):
+    """What the loop batches: ``images[indices]`` and ``labels[indices]`` go to ``task.loss``. Usually an
+    :class:`~ssl_hpc.data.splits.ImageSplit` of uint8 images; a frozen backbone's cached features
+    (:class:`ssl_hpc.train.feature_cache.FeatureSplit`) go through the very same loop."""
+
+    @property
+    def images(self) -> torch.Tensor: ...
+
+    @property
+    def labels(self) -> torch.Tensor: ...
+
+    def __len__(self) -> int: ...
+
+
 class TrainTask(Protocol):
     """What a method supplies to the loop."""
 
@@ -68,7 +81,7 @@ class TrainTask(Protocol):
         """Puts submodules in their training modes (a frozen backbone stays in eval mode)."""
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The loss of one batch of uint8 images already on the device."""
+        """The loss of one batch (uint8 images, or cached features) already on the device."""
 
     def after_step(self, progress: float) -> None:
         """Called after every optimiser step; ``progress`` runs from 0 to 1 over the run."""
@@ -133,7 +146,7 @@ def is_better(metric: str, value: float, best: float | None) -> bool:
 
 def fit(
     task: TrainTask,
-    data: ImageSplit,
+    data: Examples,
     settings: StageSettings,
     *,
     seed: int,
