@@ -233,6 +233,21 @@ def test_multinode_preempt_requeues_and_resumes_pretraining_and_finetuning(multi
     for record in first_wave:
         tags = by_key[record["key"]].data.tags
         assert tags["attempts"] == "2" and int(tags["resumed_after_epoch"]) >= interrupted[record["key"]], tags
+        assert tags["slurm_job_id"] == record["job_id"] and tags["slurm_restart_count"] == "1", tags
+        assert "error" not in tags  # the interruption is not reported as an error once resumed
+        attempts = [
+            line.split("|")
+            for line in multinode.cluster.run(
+                "sacct", "-X", "-n", "-P", "-D", "-j", record["job_id"], "--format=JobID,State"
+            ).splitlines()
+        ]
+        assert len(attempts) == 2 and attempts[-1][1] == "COMPLETED", attempts
+    # The fine-tune job of the preempted pretraining job waited for it, through the requeue.
+    pretrain = next(r for r in records if r["stage"] == "pretrain")
+    dependent = next(r for r in records if r["dependency"])
+    rows = {row["JobID"]: row for row in accounting(multinode, [pretrain["job_id"], dependent["job_id"]])}
+    start, end = rows[dependent["job_id"]]["Start"], rows[pretrain["job_id"]]["End"]
+    assert multinode.cluster.timestamp(start) >= multinode.cluster.timestamp(end), rows
 
 
 def test_multinode_node_fail_requeues_onto_the_other_node_and_resumes(multinode):
