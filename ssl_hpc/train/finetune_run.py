@@ -40,7 +40,12 @@ def run_finetune(handle: RunHandle, cache: DatasetCache) -> None:
         fraction=config.label_fraction,
         per_class=config.labels_per_class,
     )
-    train = dataset.train.subset(torch.from_numpy(labelled)).to(device)
+    source = dataset.train
+    if settings.guidance is not None and config.finetune != "knn":  # the masks travel with the images
+        from ssl_hpc.train.guidance import guided_train_split
+
+        source = guided_train_split(dataset)
+    train = source.subset(torch.from_numpy(labelled)).to(device)
     val, test = dataset.val.to(device), dataset.test.to(device)
     backbone_state = load_pretrained_backbone(handle) if config.pretrain_key else None
     model = build_classifier(config, dataset.num_classes, dataset.channels, backbone_state)
@@ -134,10 +139,12 @@ def train_classifier(handle: RunHandle, model, train: ImageSplit, val: ImageSpli
     if weights is not None:
         tags["class_weights"] = ",".join(f"{w:.4f}" for w in weights)
     handle.tracker.set_tags(handle.run_id, tags)
-    task = ClassificationTask(
+    task = classification_task(
         model,
         opened,
         val,
+        dataset,
+        settings,
         class_weight_tensor(weights, handle.precision.device),
         classification_augmentation(settings.augment, dataset.image_size),
         handle.context.runtime.eval_batch_size,
@@ -156,11 +163,24 @@ def train_classifier(handle: RunHandle, model, train: ImageSplit, val: ImageSpli
         progress=handle.context.progress,
         checkpoints=handle.checkpoint_policy,
         description=f"{config.method}/{config.finetune} {handle.job.key}",
+        accumulate_steps=settings.accumulate_steps,
     )
     if result.best_state is not None:
         model.load_state_dict(result.best_state)
     seconds = sum(entry["epoch_seconds"] for entry in result.history)  # over every attempt
     return result.history, result.best_epoch, seconds
+
+
+def classification_task(model, opened, val: ImageSplit, dataset: LabeledDataset, settings, weights, augment, batch):
+    """Cross-entropy, or CAM guidance when ``finetune.guidance`` is set (the training images then carry
+    their masks as a last channel: :func:`ssl_hpc.train.guidance.guided_train_split`)."""
+    if settings.guidance is None:
+        return ClassificationTask(model, opened, val, weights, augment, batch)
+    from ssl_hpc.train.guidance import GuidedClassificationTask  # pytorch-grad-cam: only when asked for
+
+    val_masks = (dataset.masks or {}).get("val")
+    val_masks = val_masks.to(val.images.device) if val_masks is not None else None
+    return GuidedClassificationTask(model, opened, val, val_masks, settings.guidance, weights, augment, batch)
 
 
 def knn_predictions(
