@@ -18,6 +18,7 @@ from ssl_hpc.config.stages import StageSettings
 from ssl_hpc.data.splits import ImageSplit, LabeledDataset
 from ssl_hpc.explain.in_graph import CamInGraph, region_means, scale_maps
 from ssl_hpc.jobs import expand_jobs
+from ssl_hpc.train.finetune import configure_trainable
 from ssl_hpc.train.guidance import (
     GuidedClassificationTask,
     guidance_target,
@@ -147,6 +148,24 @@ def test_guidance_gradcam_flows_into_the_weights_and_faster_scorecam_through_act
         # come from forward passes without one, so the head (after the CAM layer) gets none
         assert (head is not None and head.abs().sum() > 0) == (kind == "gradcam"), kind
         assert model.backbone.body[0].weight.grad.abs().sum() > 0, kind  # through the activations
+
+
+def test_guidance_task_steps_a_frozen_backbones_head_and_runs_faster_scorecam():
+    images, labels, masks = toy_data(8, seed=4)
+    packed = pack_masks(ImageSplit(images, labels), masks)
+    cases = [("frozen", GuidanceSettings(loss="product"))]
+    cases.append(("end_to_end", GuidanceSettings(loss="division", map="faster_scorecam", max_channels=4)))
+    for mode, settings in cases:
+        model = tiny_classifier(num_classes=2)
+        opened = configure_trainable(model, mode)
+        task = GuidedClassificationTask(model, opened, ImageSplit(images, labels), masks, settings)
+        task.set_train_mode()
+        task.loss(packed.images, labels).backward()
+        assert model.head.weight.grad.abs().sum() > 0, mode
+        assert all(p.grad is None for p in model.backbone.parameters()) == (mode == "frozen"), mode
+        metrics = task.validate()
+        for name in ("train_ce", "train_magtr", "train_mangtr", "val_magtr", "val_mangtr", "val_acc"):
+            assert math.isfinite(metrics[name]), (mode, name)
 
 
 # --------------------------------------------------------------------------------------------------- config
