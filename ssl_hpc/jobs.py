@@ -54,8 +54,18 @@ FAMILY_FINETUNE_DEFAULTS: dict[str, dict[str, object]] = {
 }
 
 
+# Settings added after keys were in use, left out of the hash while at their defaults (which compute what the
+# code did before they existed), so that every run an existing sweep finished keeps its key.
+KEY_ONLY_WHEN_SET = {"finetune_settings": {"guidance": None, "accumulate_steps": 1}}
+
+
 def run_key(config: RunConfig) -> str:
     resolved = config.model_dump(mode="json", exclude=NOT_IN_KEY)
+    for section, defaults in KEY_ONLY_WHEN_SET.items():
+        values = resolved.get(section) or {}
+        for name, default in defaults.items():
+            if name in values and values[name] == default:
+                del values[name]
     canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
 

@@ -27,6 +27,7 @@ from ssl_hpc.config.datasets import (
     dataset_modality,
     default_data_root,
 )
+from ssl_hpc.config.guidance import GUIDANCE_LOSSES, GUIDANCE_MAPS, GuidanceSettings
 from ssl_hpc.config.loading import apply_overrides, load_sweep, parse_override, read_yaml, validate_sweep
 from ssl_hpc.config.stages import (
     DataSettings,
@@ -54,6 +55,8 @@ __all__ = [
     "DATASET_NAME",
     "FINETUNE_MODES",
     "FUSION_NAME",
+    "GUIDANCE_LOSSES",
+    "GUIDANCE_MAPS",
     "IMAGE_EXTENSIONS",
     "MEDMNIST_2D",
     "MEDMNIST_2D_TASKS",
@@ -67,6 +70,7 @@ __all__ = [
     "DataSettings",
     "FinetuneSettings",
     "Grid",
+    "GuidanceSettings",
     "ImageFolderSpec",
     "MethodOverrides",
     "ModelSettings",

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, StrictBool, StrictFloat, StrictInt
 
 from ssl_hpc.config.base import Strict
+from ssl_hpc.config.guidance import GuidanceSettings
 
 # The leakage guard's defaults (see ssl_hpc.data.duplicates, calibrated on PneumoniaMNIST at 28 px):
 # pHash bits, and the correlation of the 16 x 16 thumbnails that confirms a hash match.
@@ -67,6 +68,11 @@ class FinetuneSettings(StageSettings):
     select_by: Literal["val_acc", "val_balanced_acc", "val_auc", "val_loss", "last"] = "val_acc"
     early_stopping_patience: StrictInt | None = Field(None, ge=1)
     effective_number_beta: StrictFloat = Field(0.999, gt=0, lt=1)
+    # CAM-guided fine-tuning (ssl_hpc.config.guidance); None: cross-entropy only. Needs masks.
+    guidance: GuidanceSettings | None = None
+    # Gradient accumulation: one optimiser step per this many batches of batch_size (an effective batch
+    # of batch_size x accumulate_steps), e.g. when guidance's second-order graph does not fit in memory.
+    accumulate_steps: StrictInt = Field(1, ge=1)
 
 
 class ModelSettings(Strict):

@@ -25,6 +25,7 @@ from ssl_hpc.config.datasets import (
     TORCHVISION_SIZES,
     ImageFolderSpec,
 )
+from ssl_hpc.config.guidance import guided_sections, masks_refusal
 from ssl_hpc.config.stages import DataSettings, FinetuneSettings, ModelSettings, PretrainSettings, RuntimeSettings
 
 FINETUNE_MODES = ("frozen", "end_to_end", "partial", "knn")
@@ -277,12 +278,25 @@ class SweepConfig(Strict):
                     f"{name!r} is a multi-label dataset, which the single-label training loop does not "
                     f"support; accepted: {accepted}",
                 )
+        self._check_guidance_masks()
         if any(k is not None for k in self.grid.labels_per_class) and self.grid.label_fraction != [1.0]:
             raise FieldError(
                 "grid.labels_per_class",
                 "labels_per_class and label_fraction < 1 cannot be combined; keep label_fraction: [1.0]",
             )
         return self
+
+    def _check_guidance_masks(self) -> None:
+        """CAM guidance needs a mask per training image: refused here for a dataset that has none."""
+        overrides = {f"methods.{name}": entry.finetune for name, entry in self.methods.items()}
+        overrides.update({f"variants.{name}": entry.finetune for name, entry in self.variants.items()})
+        sections = guided_sections(self.finetune, overrides)
+        for index, name in enumerate(self.grid.dataset):
+            spec = self.datasets.get(name)
+            for section in sections:
+                why = masks_refusal(section, name, spec.has_masks if spec is not None else None)
+                if why:
+                    raise FieldError(section, f"{why} (grid.dataset[{index}])")
 
 
 class RunConfig(Strict):

@@ -41,7 +41,12 @@ def run_finetune(handle: RunHandle, cache: DatasetCache) -> None:
         fraction=config.label_fraction,
         per_class=config.labels_per_class,
     )
-    train = dataset.train.subset(torch.from_numpy(labelled)).to(device)
+    source = dataset.train
+    if settings.guidance is not None and config.finetune != "knn":  # the masks travel with the images
+        from ssl_hpc.train.guidance import guided_train_split
+
+        source = guided_train_split(dataset)
+    train = source.subset(torch.from_numpy(labelled)).to(device)
     val, test = dataset.val.to(device), dataset.test.to(device)
     backbone_state = load_pretrained_backbone(handle) if config.pretrain_key else None
     model = build_classifier(config, dataset.num_classes, dataset.channels, backbone_state)
@@ -138,7 +143,8 @@ def train_classifier(
         tags["class_weights"] = ",".join(f"{w:.4f}" for w in weights)
     weight_tensor = class_weight_tensor(weights, handle.precision.device)
     cache = None
-    if uses_feature_cache(config.finetune, settings.augment, runtime.feature_cache):
+    # Guidance needs the backbone's activations every step (and its training images carry their masks).
+    if settings.guidance is None and uses_feature_cache(config.finetune, settings.augment, runtime.feature_cache):
         cache = cache_features(
             model, {"train": train, "val": val, "test": test}, handle.precision, runtime.eval_batch_size
         )
@@ -147,7 +153,9 @@ def train_classifier(
         task = FeatureHeadTask(model, opened, cache.val, weight_tensor, runtime.eval_batch_size)
     else:
         augment = classification_augmentation(settings.augment, dataset.image_size)
-        task = ClassificationTask(model, opened, val, weight_tensor, augment, runtime.eval_batch_size)
+        task = classification_task(
+            model, opened, val, dataset, settings, weight_tensor, augment, runtime.eval_batch_size
+        )
     handle.tracker.set_tags(handle.run_id, tags)
     result = fit(
         task,
@@ -163,6 +171,7 @@ def train_classifier(
         progress=handle.context.progress,
         checkpoints=handle.checkpoint_policy,
         description=f"{config.method}/{config.finetune} {handle.job.key}",
+        accumulate_steps=settings.accumulate_steps,
     )
     if result.best_state is not None:
         model.load_state_dict(result.best_state)
@@ -174,6 +183,18 @@ def train_classifier(
         seconds += cache.seconds  # this attempt's; the epochs are what the cache saves
         val_logits, test_logits = (head_logits(model, split, batch, autocast) for split in (cache.val, cache.test))
     return result.history, result.best_epoch, seconds, softmax_numpy(val_logits), softmax_numpy(test_logits)
+
+
+def classification_task(model, opened, val: ImageSplit, dataset: LabeledDataset, settings, weights, augment, batch):
+    """Cross-entropy, or CAM guidance when ``finetune.guidance`` is set (the training images then carry
+    their masks as a last channel: :func:`ssl_hpc.train.guidance.guided_train_split`)."""
+    if settings.guidance is None:
+        return ClassificationTask(model, opened, val, weights, augment, batch)
+    from ssl_hpc.train.guidance import GuidedClassificationTask  # pytorch-grad-cam: only when asked for
+
+    val_masks = (dataset.masks or {}).get("val")
+    val_masks = val_masks.to(val.images.device) if val_masks is not None else None
+    return GuidedClassificationTask(model, opened, val, val_masks, settings.guidance, weights, augment, batch)
 
 
 def knn_predictions(

@@ -159,8 +159,12 @@ def fit(
     progress: bool = False,
     description: str = "",
     checkpoints: CheckpointPolicy = CheckpointPolicy(),
+    accumulate_steps: int = 1,
 ) -> FitResult:
-    """Trains ``task`` on ``data`` (already on the device) for ``settings.epochs`` epochs."""
+    """Trains ``task`` on ``data`` (already on the device) for ``settings.epochs`` epochs, one optimiser step
+    per ``accumulate_steps`` batches (their gradients summed, each batch's loss divided by their number)."""
+    if accumulate_steps < 1:
+        raise ValueError(f"accumulate_steps must be at least 1, got {accumulate_steps}")
     workdir.mkdir(parents=True, exist_ok=True)
     optimizer = build_optimizer(settings, task.param_groups())
     history: list[dict[str, float]] = []
@@ -182,7 +186,7 @@ def fit(
         if on_resume is not None:
             on_resume(history)
 
-    steps_per_epoch = len(batches(torch.arange(len(data)), settings.batch_size))
+    steps_per_epoch = math.ceil(len(batches(torch.arange(len(data)), settings.batch_size)) / accumulate_steps)
     total_steps = max(1, steps_per_epoch * settings.epochs)
     stopped_early = False
     epochs = range(start_epoch, settings.epochs)
@@ -196,14 +200,19 @@ def fit(
         task.set_train_mode()
         loss_sum = torch.zeros((), device=precision.device)
         seen = 0
-        for step, indices in enumerate(batches(batch_order(len(data), seed, epoch), settings.batch_size)):
+        chunks = batches(batch_order(len(data), seed, epoch), settings.batch_size)
+        for index, indices in enumerate(chunks):
             indices = indices.to(data.images.device)
+            step, within = divmod(index, accumulate_steps)  # optimiser step, batch within it
+            group = min(accumulate_steps, len(chunks) - step * accumulate_steps)
             with precision.autocast:
                 loss = task.loss(data.images[indices], data.labels[indices])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            task.after_step((epoch * steps_per_epoch + step + 1) / total_steps)
+            if within == 0:
+                optimizer.zero_grad(set_to_none=True)
+            (loss / group).backward()
+            if within == group - 1:
+                optimizer.step()
+                task.after_step((epoch * steps_per_epoch + step + 1) / total_steps)
             loss_sum += loss.detach().float() * len(indices)
             seen += len(indices)
         metrics = {"train_loss": (loss_sum / max(seen, 1)).item(), "lr": lr}
