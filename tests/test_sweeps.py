@@ -21,6 +21,8 @@ SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
         ("full_grid", 10, 44),  # 2 datasets x (5 SSL models pretrained; 5 x 2 budgets x 2 modes + reference x 2)
         ("transfer_pneumonia", 0, 4),  # ResNet-50 and the CNN, 5 and 15 epochs
         ("covid_radiography", 0, 12),  # 4 networks x COVID weight 1..3
+        ("saliency_guidance", 0, 7),  # CE and six guided variants of one ImageNet ResNet-50
+        ("rotation_mnist", 3, 6),  # RotNet per seed, its frozen fine-tune and the small CNN from scratch
     ],
 )
 def test_sweep_validates_and_dry_runs(name, pretrain, finetune, capsys, tmp_path):
@@ -51,3 +53,15 @@ def test_full_grid_is_the_thesis_grid():
     assert pretrain["mocov2_r34"].backbone == "resnet34"
     assert pretrain["simclr"].pretrain_settings.lr == 0.06 and pretrain["mae"].pretrain_settings.optimizer == "adamw"
     assert set(sweep.aggregate.fusions) == {"simclr_mocov2", "aim_mae", "all_four"}
+
+
+def test_saliency_guidance_sweep_compares_ce_with_each_guided_loss():
+    """The saliency report's arms: CE against product, division and its three k weightings, one model."""
+    jobs = expand_jobs(load_sweep(SWEEPS / "saliency_guidance.yaml"))
+    guidance = {job.model_name: job.config.finetune_settings.guidance for job in jobs}
+    assert guidance["ce"] is None
+    assert {g.loss for name, g in guidance.items() if g is not None} == {"product", "division", "weighted_sum"}
+    weights = {(g.k1, g.k2, g.k3) for g in guidance.values() if g is not None and g.loss == "weighted_sum"}
+    assert {(0.33, 0.33, 0.34), (0.05, 0.05, 0.9), (0.05, 0.0, 0.95)} <= weights
+    assert {job.config.backbone for job in jobs} == {"resnet50"} and {job.config.method for job in jobs} == {"imagenet"}
+    assert {g.map for g in guidance.values() if g is not None} == {"gradcam", "faster_scorecam"}
