@@ -13,6 +13,7 @@ SSL = "simclr"  # a method with a pretraining stage
 # Tags that name where a run executed (or a store-specific id), not what it is.
 PLACE_TAGS = {
     "ray_node_id",
+    "output_dir",  # each backend writes its own output folder here
     "mlflow.user",
     "mlflow.source.name",
     "mlflow.source.type",
