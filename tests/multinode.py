@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IN_CI, PROJECT_ROOT, SlurmCluster, require_real_data
-from ssl_hpc.tracking import apply_credentials
+from ssl_hpc.tracking_access import apply_credentials
 
 STATE = Path(os.environ.get("SSL_HPC_MULTINODE_DIR", "/tmp/ssl-hpc-multinode"))
 PORT_BASE = os.environ.get("SSL_HPC_MULTINODE_PORT", "6827")

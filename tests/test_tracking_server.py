@@ -27,11 +27,11 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException, RestException
 
 from conftest import IN_CI, PROJECT_ROOT
-from ssl_hpc.tracking import (
+from ssl_hpc.tracking import SweepTracker
+from ssl_hpc.tracking_access import (
     BUSY,
     CREDENTIALS_VARIABLE,
     OUTAGE,
-    SweepTracker,
     TrackingAccessError,
     TrackingSetupError,
     TrackingUnavailableError,
