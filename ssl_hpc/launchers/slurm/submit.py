@@ -222,6 +222,9 @@ def recover_unrecorded(output_root: Path, records: dict[str, Submission]) -> dic
             if comment.split()[-1:] != [intent.submission_id]:
                 continue
             array_id, _, index = job_id.partition("_")
+            if (int(index) if index else 0) >= len(intent.packs):
+                log.warning("job %s carries submission %s but no pack of it: left alone", job_id, intent.submission_id)
+                continue
             pack = intent.packs[int(index) if index else 0]
             found += [
                 Submission(
