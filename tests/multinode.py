@@ -126,10 +126,10 @@ def start(tmp_path_factory) -> MultiNode:
     served = subprocess.run(
         ["bash", str(SERVER)], env={**os.environ, **server_env}, capture_output=True, text=True, timeout=900
     )
-    if served.returncode != 0:
-        stop(slurm_env, server_env)
-        unavailable(f"mlflow/server.sh failed: {served.stderr[-2000:]}")
     printed = eval_lines(served.stdout)  # MLFLOW_TRACKING_URI, SSL_HPC_MLFLOW_CREDENTIALS
+    if served.returncode != 0 or not {"MLFLOW_TRACKING_URI", "SSL_HPC_MLFLOW_CREDENTIALS"} <= set(printed):
+        stop(slurm_env, server_env)  # nothing of a half-started cluster or server is left behind
+        unavailable(f"mlflow/server.sh failed (exit {served.returncode}): {served.stderr[-2000:]}")
     # The server's folder stays on the login node; the jobs read their copy of the credentials from the
     # shared filesystem (a user's home on a real cluster), readable by the user only.
     credentials = shared / "credentials"

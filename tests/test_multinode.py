@@ -44,11 +44,22 @@ def sqlite_files(*roots: Path) -> list[Path]:
     return found
 
 
-def accounting(cluster, job_ids: list[str]) -> list[dict[str, str]]:
+def accounting(cluster, job_ids: list[str], duplicates: bool = False) -> list[dict[str, str]]:
+    """sacct rows (allocations only); with ``duplicates``, every attempt of a requeued job, in order."""
     fields = ["JobID", "JobName", "State", "Start", "End", "NodeList"]
     bases = sorted({job_id.split("_")[0] for job_id in job_ids})
-    out = cluster.cluster.run("sacct", "-X", "-n", "-P", "-j", ",".join(bases), f"--format={','.join(fields)}")
+    args = ["sacct", "-X", "-n", "-P", "-j", ",".join(bases), f"--format={','.join(fields)}"]
+    out = cluster.cluster.run(*args, *(["-D"] if duplicates else []))
     return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
+
+
+def submit(cluster, name: str, *sets: str, sweep: str = "sweeps/smoke.yaml") -> tuple[Path, list[dict], str]:
+    """The sweep command as a user runs it on the login node; the sweep's output root, its submission
+    records and what the command printed."""
+    result = run_sweep_cli(sweep_args(cluster, name, *sets, sweep=sweep), cluster.env, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    root = cluster.shared / "outputs" / name
+    return root, slurm_records(root), result.stdout
 
 
 # --------------------------------------------------------------------------------------- the cluster itself
@@ -91,7 +102,7 @@ def test_multinode_cluster_has_two_nodes_that_see_only_what_is_shared(multinode,
 @pytest.fixture(scope="module")
 def smoke_ssl_multinode(multinode):
     """sweeps/smoke_ssl.yaml with two methods (one ResNet, one ViT) on both nodes, logging through the server."""
-    args = sweep_args(
+    root, records, printed = submit(
         multinode,
         "smoke_ssl_multinode",
         "grid.method=[simclr,mae]",
@@ -101,12 +112,8 @@ def smoke_ssl_multinode(multinode):
         "slurm.cpus_per_job=1",
         sweep="sweeps/smoke_ssl.yaml",
     )
-    result = run_sweep_cli(args, multinode.env, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    root = multinode.shared / "outputs" / "smoke_ssl_multinode"
-    records = slurm_records(root)
     multinode.cluster.wait_gone([r["job_id"] for r in records], timeout=1800)
-    return root, records, result.stdout
+    return root, records, printed
 
 
 def test_multinode_smoke_ssl_end_to_end_through_the_tracking_server(multinode, smoke_ssl_multinode):
@@ -195,7 +202,7 @@ def test_multinode_preempt_requeues_and_resumes_pretraining_and_finetuning(multi
     """A running pretraining job and a running fine-tuning job each get Slurm's preemption signal; each
     requeues (possibly onto the other node), resumes from its checkpoint, and ends as one FINISHED run."""
     name = "multinode_preempt"
-    args = sweep_args(
+    root, records, _ = submit(
         multinode,
         name,
         "grid.method=[simclr,supervised]",
@@ -207,10 +214,6 @@ def test_multinode_preempt_requeues_and_resumes_pretraining_and_finetuning(multi
         "methods.simclr.finetune.epochs=2",
         "slurm.aggregate.enabled=false",
     )
-    result = run_sweep_cli(args, multinode.env, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    root = multinode.shared / "outputs" / name
-    records = slurm_records(root)
     first_wave = [r for r in records if not r["dependency"]]
     assert {r["stage"] for r in first_wave} == {"pretrain", "finetune"}
     interrupted: dict[str, int] = {}
@@ -235,13 +238,9 @@ def test_multinode_preempt_requeues_and_resumes_pretraining_and_finetuning(multi
         assert tags["attempts"] == "2" and int(tags["resumed_after_epoch"]) >= interrupted[record["key"]], tags
         assert tags["slurm_job_id"] == record["job_id"] and tags["slurm_restart_count"] == "1", tags
         assert "error" not in tags  # the interruption is not reported as an error once resumed
-        attempts = [
-            line.split("|")
-            for line in multinode.cluster.run(
-                "sacct", "-X", "-n", "-P", "-D", "-j", record["job_id"], "--format=JobID,State"
-            ).splitlines()
-        ]
-        assert len(attempts) == 2 and attempts[-1][1] == "COMPLETED", attempts
+        rows = accounting(multinode, [record["job_id"]], duplicates=True)
+        attempts = [row for row in rows if row["JobID"] == record["job_id"]]
+        assert len(attempts) == 2 and attempts[-1]["State"] == "COMPLETED", attempts
     # The fine-tune job of the preempted pretraining job waited for it, through the requeue.
     pretrain = next(r for r in records if r["stage"] == "pretrain")
     dependent = next(r for r in records if r["dependency"])
@@ -254,7 +253,7 @@ def test_multinode_node_fail_requeues_onto_the_other_node_and_resumes(multinode)
     """A compute node dies mid-job (slurmd and the job's processes SIGKILLed): Slurm requeues the job onto
     the other node, it resumes from its last checkpoint, and the fine-tune job that depended on it runs."""
     name = "multinode_node_fail"
-    args = sweep_args(
+    root, records, _ = submit(
         multinode,
         name,
         "grid.method=[simclr]",
@@ -265,10 +264,6 @@ def test_multinode_node_fail_requeues_onto_the_other_node_and_resumes(multinode)
         "finetune.epochs=1",
         "slurm.aggregate.enabled=false",
     )
-    result = run_sweep_cli(args, multinode.env, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    root = multinode.shared / "outputs" / name
-    records = slurm_records(root)
     pretrain = next(r for r in records if r["stage"] == "pretrain")
     try:
         wait_for_checkpoint(multinode, root, pretrain)
@@ -281,17 +276,8 @@ def test_multinode_node_fail_requeues_onto_the_other_node_and_resumes(multinode)
     finally:
         multinode.cluster.cancel([r["job_id"] for r in records])
         multinode.restart_nodes()
-    attempts = [
-        row
-        for row in accounting(multinode, [pretrain["job_id"]])
-        + [
-            dict(zip(["JobID", "State", "NodeList"], line.split("|")))
-            for line in multinode.cluster.run(
-                "sacct", "-X", "-n", "-P", "-D", "-j", pretrain["job_id"], "--format=JobID,State,NodeList"
-            ).splitlines()
-        ]
-        if row["JobID"] == pretrain["job_id"]
-    ]
+    rows = accounting(multinode, [pretrain["job_id"]], duplicates=True)
+    attempts = [row for row in rows if row["JobID"] == pretrain["job_id"]]
     states = [row["State"] for row in attempts]
     assert "NODE_FAIL" in states and states[-1] == "COMPLETED", attempts
     assert attempts[-1]["NodeList"] not in ("", node_name), attempts  # resumed on the other node
@@ -308,7 +294,7 @@ def test_multinode_tracking_outage_is_waited_out(multinode):
     lose no metric, log none twice, and their dependents run."""
     outage_s = float(os.environ.get("SSL_HPC_OUTAGE_S", "300"))
     name = "multinode_tracking_outage"
-    args = sweep_args(
+    root, records, _ = submit(
         multinode,
         name,
         "grid.method=[simclr]",
@@ -319,10 +305,6 @@ def test_multinode_tracking_outage_is_waited_out(multinode):
         "finetune.epochs=2",
         "slurm.aggregate.enabled=false",
     )
-    result = run_sweep_cli(args, multinode.env, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    root = multinode.shared / "outputs" / name
-    records = slurm_records(root)
     pretrain = next(r for r in records if r["stage"] == "pretrain")
     try:
         wait_for_checkpoint(multinode, root, pretrain)
