@@ -18,32 +18,18 @@ host="${MLFLOW_HOST:-127.0.0.1}"
 port="${MLFLOW_PORT:-5000}"
 store="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$here/mlflow.db}"
 artifacts="${MLFLOW_ARTIFACTS_DESTINATION:-$here/artifacts}"
-# The project's virtual environment first (a newcomer need not activate it), then whatever python has mlflow.
-if [[ -n ${PYTHON:-} ]]; then
-    python=$PYTHON
-elif [[ -x $here/../.venv/bin/python ]]; then
-    python=$here/../.venv/bin/python
-else
-    python=$(command -v python3 || command -v python)
-fi
+# shellcheck source=mlflow/common.sh
+source "$here/common.sh"
+python=$(find_python)
 (cd / && "$python" -c "import mlflow.server") 2>/dev/null || {
     echo "mlflow/serve.sh: $python cannot import mlflow; create the environment first (see README.md) or set PYTHON" >&2
     exit 2
 }
 mkdir -p "$artifacts"
-extra=()
-case "$host" in
-    127.*|localhost|::1) ;;
-    *)
-        short="$(hostname -s 2>/dev/null || hostname)"
-        full="$(hostname -f 2>/dev/null || echo "$short")"
-        allowed="${MLFLOW_ALLOWED_HOSTS:-localhost,localhost:$port,127.0.0.1:$port,$short,$short:$port,$full,$full:$port,$host,$host:$port}"
-        extra=(--allowed-hosts "$allowed")
-        ;;
-esac
+allowed_hosts_args "$host" "$port"
 exec "$python" -m mlflow server \
     --backend-store-uri "$store" \
     --artifacts-destination "$artifacts" \
     --serve-artifacts \
     --host "$host" --port "$port" \
-    "${extra[@]}" "$@"
+    "${ALLOWED_HOSTS_ARGS[@]}" "$@"

@@ -97,15 +97,9 @@ install_postgresql() {
     ((rc == 0)) || { show_tail "$STATE/apt-install.log"; die "apt-get install postgresql failed" 2; }
 }
 
-find_python() {
-    if [[ -n ${PYTHON:-} ]]; then
-        echo "$PYTHON"
-    elif [[ -x $here/../.venv/bin/python ]]; then
-        echo "$here/../.venv/bin/python"
-    else
-        command -v python3 || command -v python
-    fi
-}
+# find_python, allowed_hosts_args
+# shellcheck source=mlflow/common.sh
+source "$here/common.sh"
 
 # ------------------------------------------------------------------------- the state folder ---
 
@@ -280,16 +274,8 @@ EOF
 }
 
 start_mlflow() {
-    local extra=() short full allowed pid deadline
-    case $host in
-        127.* | localhost | ::1) ;;
-        *)
-            short="$(hostname -s 2>/dev/null || hostname)"
-            full="$(hostname -f 2>/dev/null || echo "$short")"
-            allowed="${MLFLOW_ALLOWED_HOSTS:-localhost,localhost:$port,127.0.0.1:$port,$short,$short:$port,$full,$full:$port,$host,$host:$port}"
-            extra=(--allowed-hosts "$allowed")
-            ;;
-    esac
+    local pid deadline
+    allowed_hosts_args "$host" "$port"
     mkdir -p -m 700 "$STATE/artifacts"
     log "starting MLflow on $URL (log: $LOG)"
     # Detached (own session, stdio to the log); the working folder is the state folder, so any stray
@@ -304,7 +290,7 @@ start_mlflow() {
             --backend-store-uri "$DB_URI" \
             --serve-artifacts --artifacts-destination "$STATE/artifacts" \
             --host "$host" --port "$port" --workers "$workers" \
-            "${extra[@]}" "$@" </dev/null >>"$LOG" 2>&1
+            "${ALLOWED_HOSTS_ARGS[@]}" "$@" </dev/null >>"$LOG" 2>&1
     ) &
     pid=$!
     echo "$pid" >"$PIDFILE"
