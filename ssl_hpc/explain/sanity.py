@@ -21,26 +21,42 @@ RANDOMIZATION_FAIL_ABOVE = 0.5
 _CONSTANT = 1e-6
 
 
+def blank_maps(maps: np.ndarray) -> np.ndarray:
+    """Per map (``[N, H, W]``): 1.0 where its values span less than 1e-6 (nothing to see), else 0.0."""
+    if len(maps) == 0:
+        return np.zeros(0)
+    flat = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
+    return (flat.max(axis=1) - flat.min(axis=1) < _CONSTANT).astype(np.float64)
+
+
 def blank_fraction(maps: np.ndarray) -> float:
     """Share of maps (``[N, H, W]``) whose values span less than 1e-6: nothing to see."""
     if len(maps) == 0:
         return float("nan")
-    flat = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
-    return float(np.mean(flat.max(axis=1) - flat.min(axis=1) < _CONSTANT))
+    return float(np.mean(blank_maps(maps)))
 
 
-def randomization_spearman(trained: np.ndarray, randomized: np.ndarray) -> float:
-    """Mean Spearman correlation, per image, of two sets of maps of the same images; pairs where either
-    map is constant (no ranking) are left out. NaN when none is left."""
+def randomization_spearman_per_image(trained: np.ndarray, randomized: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each image's two maps (``[N]``); NaN where either map is constant (no
+    ranking)."""
     from scipy.stats import spearmanr
 
     values = []
     for first, second in zip(np.asarray(trained), np.asarray(randomized)):
         a, b = first.reshape(-1), second.reshape(-1)
         if np.ptp(a) < _CONSTANT or np.ptp(b) < _CONSTANT:
+            values.append(np.nan)
             continue
         values.append(spearmanr(a, b).statistic)
-    return float(np.mean(values)) if values else float("nan")
+    return np.asarray(values, dtype=np.float64)
+
+
+def randomization_spearman(trained: np.ndarray, randomized: np.ndarray) -> float:
+    """Mean Spearman correlation, per image, of two sets of maps of the same images; pairs where either
+    map is constant (no ranking) are left out. NaN when none is left."""
+    values = randomization_spearman_per_image(trained, randomized)
+    values = values[~np.isnan(values)]
+    return float(np.mean(values)) if values.size else float("nan")
 
 
 def randomized_copy(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
