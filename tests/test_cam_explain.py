@@ -34,6 +34,20 @@ SCORES_WITH_MASKS = (
     "magtr",
     "mangtr",
 )
+SCORES_WITHOUT_MASKS = SCORES_WITH_MASKS[:7]
+
+
+def cam_metric_names(slugs, scores) -> set[str]:
+    """What an explain run logs for these methods and scores: each score, each score but the timing with its
+    bootstrap interval (``_ci_low``, ``_ci_high``), and ``_n_images``."""
+    names = set()
+    for slug in slugs:
+        names.add(f"cam_{slug}_n_images")
+        for score in scores:
+            names.add(f"cam_{slug}_{score}")
+            if score != "seconds_per_image":
+                names |= {f"cam_{slug}_{score}_ci_low", f"cam_{slug}_{score}_ci_high"}
+    return names
 
 
 def tiny_classifier(num_classes: int = 3) -> Classifier:
@@ -87,10 +101,15 @@ def test_explain_writes_figures_and_the_specified_metrics(tmp_path):
     metrics, paths = explain_classifier(
         model, split, probs, CLASSES, settings, tmp_path / "cam", torch.device("cpu"), masks=masks
     )
-    expected = {f"cam_{slug}_{score}" for slug in ("gradcam", "gradcampp") for score in SCORES_WITH_MASKS}
-    assert set(metrics) == expected
+    assert set(metrics) == cam_metric_names(("gradcam", "gradcampp"), SCORES_WITH_MASKS)
     assert all(np.isfinite(value) for value in metrics.values())
     assert 0.0 <= metrics["cam_gradcam_energy_inside"] <= 1.0
+    for slug in ("gradcam", "gradcampp"):
+        assert metrics[f"cam_{slug}_n_images"] == 12
+        for score in SCORES_WITH_MASKS:
+            if score != "seconds_per_image":
+                low, high = metrics[f"cam_{slug}_{score}_ci_low"], metrics[f"cam_{slug}_{score}_ci_high"]
+                assert low - 1e-12 <= metrics[f"cam_{slug}_{score}"] <= high + 1e-12, (slug, score, low, high)
     names = sorted(path.name for path in paths)
     assert names == sorted(
         [
@@ -122,18 +141,7 @@ def test_no_masks_no_localization_metrics_and_faithfulness_can_be_off(tmp_path):
         tmp_path,
         torch.device("cpu"),
     )
-    assert set(metrics) == {
-        f"cam_gradcam_{s}"
-        for s in (
-            "road_morf",
-            "road_lerf",
-            "road_combined",
-            "topk_conf_drop",
-            "seconds_per_image",
-            "blank_fraction",
-            "randomization_spearman",
-        )
-    }
+    assert set(metrics) == cam_metric_names(["gradcam"], SCORES_WITHOUT_MASKS)
     metrics, paths = explain_classifier(
         model,
         split,
@@ -143,11 +151,9 @@ def test_no_masks_no_localization_metrics_and_faithfulness_can_be_off(tmp_path):
         tmp_path / "b",
         torch.device("cpu"),
     )
-    assert set(metrics) == {
-        "cam_gradcam_seconds_per_image",
-        "cam_gradcam_blank_fraction",
-        "cam_gradcam_randomization_spearman",
-    }
+    assert set(metrics) == cam_metric_names(
+        ["gradcam"], ("seconds_per_image", "blank_fraction", "randomization_spearman")
+    )
     assert json.loads((tmp_path / "b" / "cam_summary.json").read_text())["score_images"] == 0
 
 

@@ -21,7 +21,7 @@ from ssl_hpc.explain.run import explain_classifier
 from ssl_hpc.jobs import expand_jobs
 from ssl_hpc.models.backbones import BackboneRequest, build_backbone
 from ssl_hpc.models.classifier import Classifier, Preprocess, build_head
-from test_cam_explain import CLASSES, SCORES_WITH_MASKS, random_split, tiny_classifier
+from test_cam_explain import CLASSES, SCORES_WITH_MASKS, cam_metric_names, random_split, tiny_classifier
 from test_config import base
 
 CLASS_OF = [0, 1, 2, 1, 0]
@@ -185,7 +185,7 @@ def test_new_cam_methods_appear_in_the_figures_and_metrics_of_an_explain_run(tmp
     metrics, paths = explain_classifier(
         tiny_classifier(), split, probs, CLASSES, settings, tmp_path, torch.device("cpu"), masks=masks
     )
-    assert set(metrics) == {f"cam_{method}_{score}" for method in NEW for score in SCORES_WITH_MASKS}
+    assert set(metrics) == cam_metric_names(NEW, SCORES_WITH_MASKS)
     assert all(np.isfinite(value) for value in metrics.values())
     assert len(headers) == len(CLASSES)
     for columns in headers:

@@ -116,7 +116,7 @@ def topk_binary_maps(maps: np.ndarray, percent: float) -> np.ndarray:
     return binary.reshape(maps.shape)
 
 
-def faithfulness_scores(
+def faithfulness_per_image(
     model: nn.Module,
     images: torch.Tensor,
     maps: np.ndarray,
@@ -125,8 +125,10 @@ def faithfulness_scores(
     topk_percent: float = 10.0,
     batch_size: int = 64,
     seed: int = 0,
-) -> dict[str, float]:
-    """Mean ROAD MoRF / LeRF / combined and top-k confidence drop over ``images`` (float, [0, 1])."""
+) -> dict[str, np.ndarray]:
+    """ROAD MoRF / LeRF / combined and top-k confidence drop of each image of ``images`` (float, [0, 1]):
+    ``[N]`` arrays, kept per image so that a bootstrap over images can say how far their mean is to be
+    trusted (:mod:`ssl_hpc.explain.intervals`)."""
     if len(images) == 0:
         return {}
     was_training = model.training
@@ -146,11 +148,42 @@ def faithfulness_scores(
                 drop.append(-CamMultImageConfidenceChange()(batch, binary[part], targets, model))
     finally:
         model.train(was_training)
-    morf_mean = float(np.mean(np.concatenate(morf)))
-    lerf_mean = float(np.mean(np.concatenate(lerf)))
+    morf_values = np.concatenate(morf).astype(np.float64).reshape(-1)
+    lerf_values = np.concatenate(lerf).astype(np.float64).reshape(-1)
+    return {
+        "road_morf": morf_values,
+        "road_lerf": lerf_values,
+        "road_combined": (lerf_values - morf_values) / 2.0,
+        "topk_conf_drop": np.concatenate(drop).astype(np.float64).reshape(-1),
+    }
+
+
+def faithfulness_means(per_image: dict[str, np.ndarray]) -> dict[str, float]:
+    """The logged point values: means over the images of :func:`faithfulness_per_image`'s arrays
+    (``road_combined`` as (mean LeRF - mean MoRF) / 2, as before per-image values were kept)."""
+    if not per_image:
+        return {}
+    morf_mean = float(np.mean(per_image["road_morf"]))
+    lerf_mean = float(np.mean(per_image["road_lerf"]))
     return {
         "road_morf": morf_mean,
         "road_lerf": lerf_mean,
         "road_combined": (lerf_mean - morf_mean) / 2.0,
-        "topk_conf_drop": float(np.mean(np.concatenate(drop))),
+        "topk_conf_drop": float(np.mean(per_image["topk_conf_drop"])),
     }
+
+
+def faithfulness_scores(
+    model: nn.Module,
+    images: torch.Tensor,
+    maps: np.ndarray,
+    classes: Sequence[int] | np.ndarray,
+    percentiles: Sequence[int] = (20, 40, 60, 80),
+    topk_percent: float = 10.0,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean ROAD MoRF / LeRF / combined and top-k confidence drop over ``images`` (float, [0, 1])."""
+    return faithfulness_means(
+        faithfulness_per_image(model, images, maps, classes, percentiles, topk_percent, batch_size, seed)
+    )

@@ -57,13 +57,23 @@ def mangtr(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return magtr(maps, ~masks)
 
 
-def localization_scores(maps: np.ndarray, masks: np.ndarray) -> dict[str, float]:
-    """Means over the images that have a defined score: ``energy_inside``, ``magtr``, ``mangtr``."""
-    scores = {"energy_inside": energy_inside(maps, masks), "magtr": magtr(maps, masks), "mangtr": mangtr(maps, masks)}
+def localization_per_image(maps: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
+    """``energy_inside``, ``magtr``, ``mangtr`` of each image (``[N]``, NaN where undefined): what a
+    bootstrap over images resamples."""
+    return {"energy_inside": energy_inside(maps, masks), "magtr": magtr(maps, masks), "mangtr": mangtr(maps, masks)}
+
+
+def localization_means(per_image: dict[str, np.ndarray]) -> dict[str, float]:
+    """Means over the images that have a defined score (NaN when none has)."""
     return {
         name: float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-        for name, values in scores.items()
+        for name, values in per_image.items()
     }
+
+
+def localization_scores(maps: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    """Means over the images that have a defined score: ``energy_inside``, ``magtr``, ``mangtr``."""
+    return localization_means(localization_per_image(maps, masks))
 
 
 def boxes_to_masks(boxes: Sequence[Sequence[float]] | np.ndarray, height: int, width: int) -> np.ndarray:

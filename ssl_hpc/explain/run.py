@@ -21,10 +21,18 @@ from ssl_hpc.config import CamSettings
 from ssl_hpc.data.augment import to_unit_float
 from ssl_hpc.data.splits import ImageSplit
 from ssl_hpc.explain.cams import compute_cams, metric_slug, plain_cam_target, resolve_target
-from ssl_hpc.explain.faithfulness import faithfulness_scores
+from ssl_hpc.explain.faithfulness import faithfulness_means, faithfulness_per_image
 from ssl_hpc.explain.figures import class_grid_figure, confidence_histograms
-from ssl_hpc.explain.localization import localization_scores
-from ssl_hpc.explain.sanity import RANDOMIZATION_FAIL_ABOVE, blank_fraction, randomization_spearman, randomized_copy
+from ssl_hpc.explain.intervals import with_intervals
+from ssl_hpc.explain.localization import localization_means, localization_per_image
+from ssl_hpc.explain.sanity import (
+    RANDOMIZATION_FAIL_ABOVE,
+    blank_fraction,
+    blank_maps,
+    randomization_spearman,
+    randomization_spearman_per_image,
+    randomized_copy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,14 @@ def explain_classifier(
     (:mod:`ssl_hpc.explain.sanity`) and, with masks, ``_energy_inside``, ``_magtr``,
     ``_mangtr`` (``gradcam++`` is spelt ``gradcampp``) -- and the files written under ``out_dir``
     (per-class CAM grids, the confidence histograms, ``cam_summary.json``). Nothing when disabled.
+
+    Every score but ``_seconds_per_image`` is a mean over images and comes with its 95 % percentile
+    bootstrap interval over those images, ``_<score>_ci_low`` / ``_ci_high``
+    (:mod:`ssl_hpc.explain.intervals`): a mean of 64 images is not a mean of 6,000.
+    ``_n_images`` is the number of images of the randomisation check and the faithfulness / localization
+    scores (``cam.max_images`` at most); ``_blank_fraction`` counts those and the figures' images, and an
+    image whose score is undefined (a constant map's correlation, an empty mask) is left out of that
+    score's mean and interval (``cam_summary.json`` records each score's count under ``score_counts``).
     """
     if not settings.enabled:
         return {}, []
@@ -134,6 +150,7 @@ def explain_classifier(
     twin_layers = {name: resolve_target(twin, images[:1], name) for name in {layer.name for layer in targets.values()}}
     twin_targets = {method: twin_layers[layer.name] for method, layer in targets.items()}
     summary["randomization_fails"] = []
+    summary["score_counts"] = {}
     for method in settings.methods:
         slug = metric_slug(method)
         processed = [0]
@@ -152,6 +169,7 @@ def explain_classifier(
         cam_seconds = time.perf_counter() - started
         maps_by_method[method] = maps
         metrics[f"cam_{slug}_blank_fraction"] = blank_fraction(maps)
+        per_image: dict[str, np.ndarray] = {"blank_fraction": blank_maps(maps)}
         random_maps = compute_cams(
             twin,
             images[torch.as_tensor(checked_rows, device=images.device)],
@@ -164,6 +182,8 @@ def explain_classifier(
         )
         correlation = randomization_spearman(maps[checked_rows], random_maps)
         metrics[f"cam_{slug}_randomization_spearman"] = correlation
+        metrics[f"cam_{slug}_n_images"] = float(len(checked))
+        per_image["randomization_spearman"] = randomization_spearman_per_image(maps[checked_rows], random_maps)
         if correlation > RANDOMIZATION_FAIL_ABOVE:
             summary["randomization_fails"].append(method)
             log.warning(
@@ -177,7 +197,7 @@ def explain_classifier(
         rows = np.array([position[int(i)] for i in scored], dtype=np.int64)
         started = time.perf_counter()
         if settings.faithfulness and len(rows):
-            scores = faithfulness_scores(
+            values = faithfulness_per_image(
                 model,
                 images[torch.as_tensor(rows, device=images.device)],
                 maps[rows],
@@ -187,10 +207,14 @@ def explain_classifier(
                 settings.batch_size,
                 settings.seed,
             )
-            metrics.update({f"cam_{slug}_{name}": value for name, value in scores.items()})
+            metrics.update({f"cam_{slug}_{name}": value for name, value in faithfulness_means(values).items()})
+            per_image.update(values)
         if region is not None and len(rows):
-            scores = localization_scores(maps[rows], region[scored])
-            metrics.update({f"cam_{slug}_{name}": value for name, value in scores.items()})
+            values = localization_per_image(maps[rows], region[scored])
+            metrics.update({f"cam_{slug}_{name}": value for name, value in localization_means(values).items()})
+            per_image.update(values)
+        metrics.update(with_intervals(f"cam_{slug}_", per_image, settings.seed))
+        summary["score_counts"][method] = {name: int(np.isfinite(v).sum()) for name, v in per_image.items()}
         summary["seconds"][method] = {"cam": cam_seconds, "scores": time.perf_counter() - started}
 
     if settings.images_per_class > 0:
