@@ -99,7 +99,7 @@ def _legend(axes, names: Sequence[str], styles: Mapping[str, tuple], reference: 
 def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)  # long tick labels are never clipped
     return path
 
 
