@@ -83,12 +83,13 @@ def table_plots(tracker: SweepTracker, table: TableResult, folder: Path, sweep_n
     matrices = _confusion_panels(table, singles, fusions)
     if matrices:
         names_of_classes = table.class_names or [str(i) for i in range(table.num_classes())]
+        roles = ", ".join(key.split("\n", 1)[0] for key in matrices)
         paths.append(
             plot_confusion_grid(
                 matrices,
                 names_of_classes,
                 folder / f"confusion_{suffix}.png",
-                f"Test confusion matrices, reference and best models\n{title}",
+                f"Test confusion matrices: {roles}\n{title}",
             )
         )
     return paths

@@ -32,6 +32,8 @@ from matplotlib.ticker import MaxNLocator
 from ssl_hpc.evaluate.plots import draw_confusion_matrix
 
 _MODE_STYLES = {"end_to_end": "-", "frozen": "--", "partial": "-.", "knn": ":"}
+# Markers tell the modes apart too, where a line has one point (a one-epoch sweep) and its style is invisible.
+_MODE_MARKERS = {"end_to_end": "o", "frozen": "s", "partial": "^", "knn": "x"}
 # Methods per panel of the curves and budget plots: with up to four fine-tune modes, a legend of at most
 # 6 colours + 4 line styles (+ the reference) stays within about a dozen entries.
 FAMILIES_PER_PANEL = 6
@@ -92,13 +94,16 @@ def _legend(axes, names: Sequence[str], styles: Mapping[str, tuple], reference: 
         handles[-1].set_label(label)
     modes = sorted({split_name(n)[1] for n in names if n != reference and split_name(n)[1]})
     for mode in modes:
-        handles.append(Line2D([], [], color="grey", linestyle=_MODE_STYLES.get(mode, "-"), label=mode))
+        style, marker = _MODE_STYLES.get(mode, "-"), _MODE_MARKERS.get(mode, "o")
+        handles.append(Line2D([], [], color="grey", linestyle=style, marker=marker, markersize=4, label=mode))
     axes.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
+    # tight_layout ignores a suptitle: keep room for its two lines (what is shown; data and budget)
+    top = 1 - 0.5 / figure.get_figheight() if figure.get_suptitle() else 1
+    figure.tight_layout(rect=(0, 0, 1, top))
     figure.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)  # long tick labels are never clipped
     return path
 
@@ -218,8 +223,8 @@ def plot_val_curves(
             axes.plot(
                 mean.index,
                 100 * mean.to_numpy(),
-                marker="o",
-                markersize=3,
+                marker=_MODE_MARKERS.get(split_name(model)[1], "o"),
+                markersize=4,
                 color=colour,
                 linestyle=style,
                 linewidth=2.2 if model == reference else 1.4,
@@ -230,10 +235,11 @@ def plot_val_curves(
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(f"{metric} (%)")
         _legend(axes, group, styles, reference)
-    if len(epochs_seen) == 1:  # one epoch: keep the axis on whole epochs around it
+    if len(epochs_seen) == 1:  # one epoch: one tick (MaxNLocator would fill a short axis with fractions)
         only = next(iter(epochs_seen))
         for axes in axes_list:
-            axes.set_xlim(only - 1, only + 1)
+            axes.set_xlim(only - 0.5, only + 0.5)
+            axes.set_xticks([only])
     axes_list[-1].set_xlabel("epoch (0-based)")
     figure.suptitle(title or f"{metric} against epochs", fontsize=10)
     return _save(figure, path)
@@ -247,7 +253,7 @@ def plot_confusion_grid(
     columns = min(4, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / columns))
     side = max(4.2, 0.35 * len(class_names) + 2.4)
-    figure = Figure(figsize=(side * columns, side * rows + 0.4))
+    figure = Figure(figsize=(side * columns, side * rows + 0.6))
     axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.flat[len(names) :]:
         axis.axis("off")
@@ -279,7 +285,8 @@ def plot_accuracy_vs_labels(
             x, y = [p[0] for p in points], [p[2] for p in points]
             errors = [0.0 if math.isnan(p[3]) else p[3] for p in points]
             colour, style = styles[model]
-            axes.plot(x, y, marker="o", linestyle=style, color=colour, linewidth=2.2 if model == reference else 1.4)
+            marker = _MODE_MARKERS.get(split_name(model)[1], "o")
+            axes.plot(x, y, marker=marker, linestyle=style, color=colour, linewidth=2.2 if model == reference else 1.4)
             if any(errors):
                 axes.errorbar(x, y, yerr=errors, fmt="none", ecolor=colour, capsize=2)
             ticks.update({p[0]: f"{p[1]}\n({int(p[0])})" for p in points})
