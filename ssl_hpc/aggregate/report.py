@@ -44,6 +44,7 @@ h3 { font-size: 1.05em; }
 table.data { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.85em; }
 table.data th, table.data td { border: 1px solid #ddd; padding: 0.2em 0.5em; text-align: right; }
 table.data th { background: #f3f3f3; } table.data td:first-child { text-align: left; }
+table.data td:first-child, table.data th:first-child { position: sticky; left: 0; background: #fafafa; }
 .scroll { overflow-x: auto; }
 figure { margin: 0.8em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.8em; color: #555; }
