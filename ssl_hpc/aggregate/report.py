@@ -50,6 +50,8 @@ figure { margin: 0.8em 0; } figure img { max-width: 100%; height: auto; border: 
 figcaption { font-size: 0.8em; color: #555; }
 nav ul { columns: 2; font-size: 0.9em; } pre { white-space: pre-wrap; font-size: 0.8em; }
 .note { color: #555; font-size: 0.9em; }
+.cams { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.cams figure { margin: 0; }
 """
 
 
@@ -108,10 +110,11 @@ def markdown_html(path: Path) -> str:
     return "\n".join(out).replace("</ul>\n<ul>", "\n")
 
 
-def _image(path: Path, caption: str) -> str:
+def _image(path: Path, caption: str, caption_first: bool = False) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     alt = html.escape(caption)
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+    image, label = f'<img src="data:image/png;base64,{data}" alt="{alt}">', f"<figcaption>{alt}</figcaption>"
+    return f"<figure>{label + image if caption_first else image + label}</figure>"
 
 
 def _cams(folder: Path, suffix: str, class_names: Sequence[str]) -> str:
@@ -120,14 +123,17 @@ def _cams(folder: Path, suffix: str, class_names: Sequence[str]) -> str:
         return ""
     out = [
         "<h3>Class activation maps</h3>",
-        '<p class="note">The CAM figures the runs logged, per class: the reference and the best single models '
-        "one under the other. Each run draws its own correctly classified images (seeded) and its most confident "
-        "mistakes, so the images can differ between models.</p>",
+        '<p class="note">The CAM figures the runs logged, per class (rows): the reference and the best single '
+        "models side by side (columns; first seed). Each run draws its own correctly classified images "
+        "(seeded) and its most confident mistakes, so the images can differ between models.</p>",
     ]
     for index, models in grid.items():
         name = class_names[index] if index < len(class_names) else str(index)
         out.append(f"<h4>class {index}: {html.escape(name)}</h4>")
-        out += [_image(path, f"{model}: CAMs of class {index} ({name})") for model, path in models.items()]
+        figures = [
+            _image(p, f"{model}: CAMs of class {index} ({name})", caption_first=True) for model, p in models.items()
+        ]
+        out.append('<div class="cams">' + "".join(figures) + "</div>")
     return "\n".join(out)
 
 

@@ -99,11 +99,11 @@ def _legend(axes, names: Sequence[str], styles: Mapping[str, tuple], reference: 
     axes.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def _save(figure: Figure, path: Path, title_room: float = 0.0) -> Path:
+    """``title_room``: inches kept free at the top for the suptitle, where tight_layout alone lets it
+    overlap the panels' own titles (fixed-aspect panels, as the confusion matrices)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # tight_layout ignores a suptitle: keep room for its two lines (what is shown; data and budget)
-    top = 1 - 0.5 / figure.get_figheight() if figure.get_suptitle() else 1
-    figure.tight_layout(rect=(0, 0, 1, top))
+    figure.tight_layout(rect=(0, 0, 1, 1 - title_room / figure.get_figheight()))
     figure.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)  # long tick labels are never clipped
     return path
 
@@ -180,7 +180,8 @@ def plot_fusion_heatmap(
     rows, rules = list(accuracy.index), [str(c) for c in accuracy.columns]
     spread = _has_spread(accuracy_std) or _has_spread(mean_class_std)
     width = 1.2 + 0.7 * len(rules) + 0.07 * max(len(str(r)) for r in rows)
-    figure = Figure(figsize=(min(2 * width, 26), 1.9 + (0.42 if spread else 0.32) * len(rows)))
+    height = max(3.4, 2.2 + (0.42 if spread else 0.32) * len(rows))  # rotated rule names need ~1.5 in
+    figure = Figure(figsize=(min(2 * width, 26), height))
     panels = figure.subplots(1, 2, squeeze=False)[0]
     for axes, frame, stds, name in (
         (panels[0], accuracy, accuracy_std, "accuracy (%)"),
@@ -261,7 +262,7 @@ def plot_confusion_grid(
         draw_confusion_matrix(axis, matrices[name], class_names, name, compact=len(class_names) > 6)
     if title:
         figure.suptitle(title, fontsize=10)
-    return _save(figure, path)
+    return _save(figure, path, title_room=0.45 if title else 0.0)
 
 
 def plot_accuracy_vs_labels(
