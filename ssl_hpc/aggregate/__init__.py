@@ -17,8 +17,9 @@ as the last job of a sweep):
    ``.tex``; ``_<size>px`` after the dataset when the sweep has several sizes of it, ``_<class weight>``
    at the end when it has several class-weight rules), a summary table, statistics over seeds and the
    paired tests against the reference model.
-4. **Plots** (PNG) beside them, and everything as artifacts of one ``aggregate`` MLflow run per sweep
-   (tags ``stage=aggregate``, ``key=aggregate``), reused by every re-run.
+4. **Plots** (PNG) beside them, the leakage counts and CAM figures of the runs, and ``report.html``
+   (every table and figure in one self-contained page), and everything as artifacts of one ``aggregate``
+   MLflow run per sweep (tags ``stage=aggregate``, ``key=aggregate``), reused by every re-run.
 
 Column names: the reference model is its ``model`` tag (``supervised``); every other model is
 ``<model>/<fine-tune mode>``; a fusion is ``<fusion>:<rule>/<fine-tune mode>``. ``@<backbone>``
@@ -40,6 +41,8 @@ The step is split by idea, in the order data flows:
 - :mod:`~ssl_hpc.aggregate.column_stats`: bootstrap intervals and paired tests of one column;
 - :mod:`~ssl_hpc.aggregate.table`: one table, built and written;
 - :mod:`~ssl_hpc.aggregate.summary`, :mod:`~ssl_hpc.aggregate.figures`: the summary over all tables, the plots;
+- :mod:`~ssl_hpc.aggregate.findings`: the runs' leakage counts and CAM figures;
+- :mod:`~ssl_hpc.aggregate.report`: ``report.html`` from the files of the results folder;
 - :mod:`~ssl_hpc.aggregate.mlflow_run`: the sweep's ``aggregate`` MLflow run;
 - :mod:`~ssl_hpc.aggregate.results_folder`: the manifest, refusing a foreign folder, swapping in the new one;
 - :mod:`~ssl_hpc.aggregate.step`: :func:`aggregate_sweep`, all of the above in order.
@@ -61,8 +64,10 @@ from ssl_hpc.aggregate.column_stats import column_statistics, reference_for
 from ssl_hpc.aggregate.columns import FINETUNE_ORDER, ColumnData, Naming, SeedOutcome, outcome_of_run, single_columns
 from ssl_hpc.aggregate.errors import AggregationError
 from ssl_hpc.aggregate.figures import budget_plots, metric_history, table_plots
+from ssl_hpc.aggregate.findings import collect_cams, leakage_frame
 from ssl_hpc.aggregate.fusion_columns import Skip, fuse_group, fusion_columns, member_matches, resolve_members
 from ssl_hpc.aggregate.mlflow_run import AGGREGATE_KEY, STAGE, aggregate_run, fusion_metrics, metric_name, run_tags
+from ssl_hpc.aggregate.report import REPORT, results_tables, write_report
 from ssl_hpc.aggregate.results_folder import MANIFEST, refuse_foreign_folder, write_manifest
 from ssl_hpc.aggregate.step import AggregateResult, aggregate_sweep, current_keys, results_dir
 from ssl_hpc.aggregate.summary import SUMMARY_METRICS, paired_tests_frame, summary_frame
@@ -75,6 +80,7 @@ __all__ = [
     "ColumnData",
     "FINETUNE_ORDER",
     "MANIFEST",
+    "REPORT",
     "Naming",
     "RunRecord",
     "STAGE",
@@ -88,6 +94,7 @@ __all__ = [
     "budget_plots",
     "build_table",
     "collect",
+    "collect_cams",
     "column_statistics",
     "current_keys",
     "deduplicate",
@@ -96,6 +103,7 @@ __all__ = [
     "fuse_group",
     "fusion_columns",
     "fusion_metrics",
+    "leakage_frame",
     "load_predictions",
     "member_matches",
     "metric_history",
@@ -106,11 +114,13 @@ __all__ = [
     "reference_for",
     "refuse_foreign_folder",
     "resolve_members",
+    "results_tables",
     "results_dir",
     "run_tags",
     "single_columns",
     "summary_frame",
     "table_plots",
     "write_manifest",
+    "write_report",
     "write_table",
 ]

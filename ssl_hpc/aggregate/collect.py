@@ -17,7 +17,8 @@ import math
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,6 +150,20 @@ def deduplicate(records: Iterable[RunRecord], current_keys: set[str]) -> tuple[l
     return kept, notes
 
 
+@contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """MLflow without its progress bars: one bar per downloaded file would flood the log."""
+    previous = os.environ.get(_PROGRESS_BAR)
+    os.environ[_PROGRESS_BAR] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_PROGRESS_BAR, None)
+        else:
+            os.environ[_PROGRESS_BAR] = previous
+
+
 def describe_cell(cell: tuple) -> str:
     model, backbone, finetune, dataset, size, fraction, weight, seed = cell
     return f"{model}/{finetune} {backbone} {dataset}@{size} labels={fraction} cw={weight} seed={seed}"
@@ -199,15 +214,8 @@ def collect(
     records, notes = deduplicate((RunRecord.from_run(run) for run in finished_finetune_runs(tracker)), current_keys)
     for note in notes:
         log.warning(note)
-    previous = os.environ.get(_PROGRESS_BAR)
-    os.environ[_PROGRESS_BAR] = "false"  # one bar per downloaded file would flood the log
-    try:
+    with quiet_downloads():
         for record in records:
             load_predictions(tracker, record, folder)
-    finally:
-        if previous is None:
-            os.environ.pop(_PROGRESS_BAR, None)
-        else:
-            os.environ[_PROGRESS_BAR] = previous
     attribute_pretraining(tracker, records)
     return records, notes

@@ -1,5 +1,6 @@
-"""The whole aggregation step, :func:`aggregate_sweep`: collect, fuse, tabulate, plot, then replace
-``results/<sweep>/`` and log everything as the artifacts of the sweep's ``aggregate`` MLflow run.
+"""The whole aggregation step, :func:`aggregate_sweep`: collect, fuse, tabulate, plot, write
+``report.html`` (:mod:`ssl_hpc.aggregate.report`), then replace ``results/<sweep>/`` and log everything
+as the artifacts of the sweep's ``aggregate`` MLflow run.
 
 Two aggregations of one sweep run one after the other (a file lock beside the results folder). The
 outputs are written to a staging folder first and swapped in only once complete
@@ -25,8 +26,10 @@ from ssl_hpc.aggregate.collect import RunRecord, collect
 from ssl_hpc.aggregate.columns import Naming
 from ssl_hpc.aggregate.errors import AggregationError
 from ssl_hpc.aggregate.figures import budget_plots, table_plots
+from ssl_hpc.aggregate.findings import collect_cams, leakage_frame
 from ssl_hpc.aggregate.fusion_columns import Skip
 from ssl_hpc.aggregate.mlflow_run import aggregate_run, fusion_metrics, run_tags
+from ssl_hpc.aggregate.report import write_report
 from ssl_hpc.aggregate.results_folder import refuse_foreign_folder, replace_folder, write_manifest
 from ssl_hpc.aggregate.summary import paired_tests_frame, summary_frame
 from ssl_hpc.aggregate.table import TableResult, budget_order, build_table, write_table
@@ -140,8 +143,12 @@ def _aggregate(
     pd.DataFrame([vars(s) for s in skipped], columns=["table", "column", "seed", "reason"]).to_csv(
         folder / "skipped.csv", index=False
     )
+    leakage = leakage_frame(records)
+    if len(leakage):
+        leakage.to_csv(folder / "leakage.csv", index=False)
     if settings.plots:
         budget_plots(tables, naming, folder, sweep.name)
+        collect_cams(tracker, tables, folder)
     runs = [
         {"table": t.stem, "column": c.name, "seed": s, "run_id": rid}
         for t in tables
@@ -155,6 +162,7 @@ def _aggregate(
     }
     (folder / "fusions.json").write_text(json.dumps(details, indent=2, default=float))
     (folder / "notes.md").write_text(_notes(sweep, records, notes, skipped))
+    write_report(folder, sweep.name, [t.stem for t in tables])  # last: it shows every file written above
     return AggregateResult(folder, "", tables, skipped, notes, fusion_metrics(tables))
 
 
