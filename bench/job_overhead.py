@@ -89,11 +89,7 @@ def measure(project: Path, raw: dict, overrides: list[str], label: str) -> dict:
         spec_path = folder / "spec.json"
         spec_path.write_text(json.dumps(spec))
         python = [sys.executable, "-c"]
-        plan = json.loads(
-            subprocess.run(
-                [*python, PLAN, str(project), str(spec_path)], check=True, capture_output=True, text=True
-            ).stdout
-        )
+        plan = json.loads(output([*python, PLAN, str(project), str(spec_path)]))
         walls: dict[str, float] = {}
         for key, stage, description in plan["jobs"]:
             spec_path.write_text(json.dumps({**spec, "key": key}))
@@ -105,11 +101,23 @@ def measure(project: Path, raw: dict, overrides: list[str], label: str) -> dict:
             if result.returncode != 0:
                 raise SystemExit(f"{label}: job {key} ({description}) failed:\n{result.stderr[-4000:]}")
             print(f"{label:>6} {stage:8} {walls[key]:6.1f} s  {description}", flush=True)
-        read = subprocess.run(
-            [*python, READ, spec["tracking_uri"], plan["name"]], check=True, capture_output=True, text=True
-        )
-        metrics = json.loads(read.stdout)
-    return summarise(walls, metrics)
+        metrics = json.loads(output([*python, READ, spec["tracking_uri"], plan["name"]]))
+    stages = {key: stage for key, stage, _ in plan["jobs"]}
+    return {
+        **summarise(walls, metrics),
+        **{
+            stage: summarise({key: wall for key, wall in walls.items() if stages[key] == stage}, metrics)
+            for stage in sorted(set(stages.values()))
+        },
+    }
+
+
+def output(command: list[str]) -> str:
+    """The command's stdout; its stderr in the error when it fails."""
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{command[:2]} failed:\n{result.stderr[-4000:]}")
+    return result.stdout
 
 
 def summarise(walls: dict[str, float], metrics: dict[str, dict[str, float]]) -> dict:
@@ -177,15 +185,19 @@ def main() -> None:
     for label, result in results.items():
         print(f"{label}: {json.dumps(result)}", flush=True)
     summary = {f"train_fraction_{label}": result["train_fraction"] for label, result in results.items()}
+    flat = {
+        label: {name: value for name, value in result.items() if not isinstance(value, dict)}
+        for label, result in results.items()
+    }
     summary.update(
         {
             f"{name}_{label}": value
-            for label, result in results.items()
+            for label, result in flat.items()
             for name, value in result.items()
             if name != "train_fraction"
         }
     )
-    summary.update(sweep=Path(args.sweep).name, threads=args.threads, before=args.before)
+    summary.update(sweep=Path(args.sweep).name, overrides=args.overrides, threads=args.threads, before=args.before)
     if "after" in results:
         summary["accepted"] = bool(results["after"]["train_fraction"] >= 0.6)
     print(json.dumps(summary))

@@ -222,3 +222,61 @@ def test_the_cache_can_be_turned_off_to_measure_what_it_saves(tmp_path, counted_
     assert first.metrics == second.metrics
     assert counted_scans == []  # the scan went through the uncached path, twice
     assert not (tmp_path / finetune_run.LEAKAGE_CACHE).exists()
+
+
+# ------------------------------------------------------------------ a real fine-tune job, twice
+
+
+@pytest.mark.e2e
+def test_finetune_runs_log_the_five_phases_and_the_second_reads_the_leakage_report(
+    tmp_path, data_root, counted_scans, monkeypatch
+):
+    """Two short frozen fine-tune jobs (two seeds) on PneumoniaMNIST, CAMs on: each logs ``seconds_*`` for
+    every phase, adding up to at most its wall time, and only the first scans for leakage."""
+    from mlflow import MlflowClient
+
+    from ssl_hpc.cli import make_context
+    from ssl_hpc.config import validate_sweep
+    from ssl_hpc.jobs import expand_jobs
+    from ssl_hpc.runner import run_job
+
+    sweep = validate_sweep(
+        {
+            "name": "overhead",
+            "seeds": [1, 2],
+            "output_dir": str(tmp_path / "outputs"),
+            "grid": {
+                "dataset": ["pneumoniamnist"],
+                "size": [28],
+                "method": ["random_init"],
+                "backbone": ["resnet18"],
+                "label_fraction": [1.0],
+                "labels_per_class": [10],
+                "class_weight": ["none"],
+                "finetune": ["frozen"],
+            },
+            "finetune": {"epochs": 2, "batch_size": 16},
+            "model": {"stem": "imagenet"},
+            "cam": {"max_images": 8, "images_per_class": 1, "faithfulness": False},
+            "runtime": {"device": "cpu"},
+        }
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    context = make_context(sweep, tmp_path, progress=False)
+    client = MlflowClient(context.tracking_uri)
+    logged = []
+    for job in expand_jobs(sweep):
+        started = time.perf_counter()
+        assert run_job(job, context) == "finished"  # a fresh DatasetCache each: as separate processes
+        wall = time.perf_counter() - started
+        (run,) = client.search_runs(
+            [client.get_experiment_by_name(sweep.name).experiment_id], f"tags.key = '{job.key}'"
+        )
+        seconds = {phase: run.data.metrics[f"seconds_{phase}"] for phase in PHASES}
+        assert all(value >= 0 for value in seconds.values()) and seconds["train"] > 0 and seconds["cam"] > 0
+        assert seconds["eval"] > 0 and seconds["upload"] > 0
+        # The first job of this process also counts the time since the process started; a later one does not.
+        assert sum(seconds.values()) <= wall + (phases.process_age() if not logged else 0.0)
+        logged.append({name: value for name, value in run.data.metrics.items() if name.startswith("duplicates_")})
+    assert counted_scans == ["pneumoniamnist"]
+    assert logged[0] and logged[0] == logged[1]
