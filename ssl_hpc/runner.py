@@ -31,6 +31,7 @@ from ssl_hpc.jobs import Job
 from ssl_hpc.tracking import FAILED, FINISHED, KILLED, RUNNING, SweepTracker, flatten
 from ssl_hpc.train.handle import RunContext, RunHandle
 from ssl_hpc.train.loop import LAST, Precision
+from ssl_hpc.train.phases import job_timer
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ def run_job(job: Job, context: RunContext, cache: DatasetCache | None = None) ->
     Raises whatever the job raised, after marking its MLflow run FAILED (or KILLED when
     interrupted) with the tail of the traceback as a tag.
     """
+    timer = job_timer()  # seconds_setup ... seconds_upload: where the job's wall time went
     tracker = SweepTracker(context.tracking_uri, context.sweep_name)
     existing = tracker.run_for_key(job.key)
     if existing is not None and existing.info.status == FINISHED:
@@ -191,12 +193,13 @@ def run_job(job: Job, context: RunContext, cache: DatasetCache | None = None) ->
                 torch.set_num_threads(context.runtime.num_threads)
             device = resolve_device(context.runtime.device)
             precision = Precision(device, context.runtime.bf16, context.runtime.channels_last, context.runtime.compile)
-            handle = RunHandle(job, tracker, run_id, workdir, precision, context)
+            handle = RunHandle(job, tracker, run_id, workdir, precision, context, timer)
             tracker.set_tags(
                 run_id, {"device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device)}
             )
             seed_everything(job.config.seed)
             _stage_runner(job.config)(handle, cache or DatasetCache(context.data_root, context.datasets))
+            tracker.log_metrics(run_id, timer.metrics())
         except BaseException as error:
             interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
             tail = "".join(traceback.format_exception(error))[-4000:]

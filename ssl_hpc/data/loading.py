@@ -18,6 +18,7 @@ from ssl_hpc.data.duplicates import (
     LeakageMode,
     duplicate_report,
 )
+from ssl_hpc.data.duplicates.cache import cached_duplicate_report
 from ssl_hpc.data.image_folder import ImageFolderSpec, index_image_folder, load_image_folder
 from ssl_hpc.data.medmnist import ensure_medmnist_file, load_medmnist
 from ssl_hpc.data.mnist import NAME as MNIST_NAME
@@ -61,9 +62,11 @@ class DatasetCache:
         threshold: int = DEFAULT_THRESHOLD,
         min_correlation: float = DEFAULT_MIN_CORRELATION,
         download: bool = True,
+        cache_folder: Path | None = None,
     ) -> DuplicateReport | None:
         """The leakage guard on ``get(name, size)``, computed once per process (see
-        :func:`ssl_hpc.data.duplicates.check_leakage`): ``None`` when ``mode`` is ``off``; raises
+        :func:`ssl_hpc.data.duplicates.check_leakage`), and with ``cache_folder`` once for every process
+        that uses that folder (:mod:`ssl_hpc.data.duplicates.cache`): ``None`` when ``mode`` is ``off``; raises
         :class:`~ssl_hpc.data.duplicates.LeakageError` in ``error`` mode when there are duplicates.
         Call it before building the model, so a leaking dataset stops the run before training."""
         if mode == "off":
@@ -72,7 +75,11 @@ class DatasetCache:
             raise ValueError(f"unknown duplicates mode {mode!r}; accepted: report, error, off")
         key = (name, size, threshold, min_correlation)
         if key not in self._reports:
-            self._reports[key] = duplicate_report(self.get(name, size, download), threshold, min_correlation)
+            dataset = self.get(name, size, download)
+            if cache_folder is None:
+                self._reports[key] = duplicate_report(dataset, threshold, min_correlation)
+            else:
+                self._reports[key] = cached_duplicate_report(dataset, threshold, min_correlation, cache_folder)
         report = self._reports[key]
         if mode == "error" and not report.clean:
             raise LeakageError(report)

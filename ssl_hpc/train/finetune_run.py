@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from ssl_hpc.train.feature_cache import FeatureHeadTask, cache_features, head_lo
 from ssl_hpc.train.finetune import ClassificationTask, class_weight_tensor, configure_trainable, count_trainable
 from ssl_hpc.train.handle import RunHandle, save_model
 from ssl_hpc.train.loop import fit
+
+LEAKAGE_CACHE = ".leakage"  # under the sweep's output folder: one report per dataset fingerprint
 
 
 def run_finetune(handle: RunHandle, cache: DatasetCache) -> None:
@@ -66,7 +69,7 @@ def run_finetune(handle: RunHandle, cache: DatasetCache) -> None:
     metrics = classification_metrics(test_labels, test_probs)
     metrics["best_epoch"] = float(best_epoch if best_epoch is not None else -1)
     metrics["train_seconds"] = seconds
-    handle.tracker.log_metrics(handle.run_id, metrics)
+    handle.log_metrics(metrics)
     predictions = {
         "test": Predictions(test_probs, test_labels, dataset.test.digest()),
         "val": Predictions(val_probs, val_labels, dataset.val.digest()),
@@ -80,6 +83,7 @@ def log_cams(handle: RunHandle, model, test: ImageSplit, probs: np.ndarray, data
     settings = handle.context.cam
     if not settings.enabled or handle.job.config.finetune == "knn":  # a k-NN vote has no head to explain
         return
+    handle.timer.switch("cam")
     from ssl_hpc.explain.run import explain_classifier
 
     masks = dataset.masks.get("test") if dataset.masks else None
@@ -93,7 +97,7 @@ def log_cams(handle: RunHandle, model, test: ImageSplit, probs: np.ndarray, data
         handle.precision.device,
         masks=masks,
     )
-    handle.tracker.log_metrics(handle.run_id, metrics)
+    handle.log_metrics(metrics)
     handle.log_artifacts(paths, "cam")
 
 
@@ -108,10 +112,11 @@ def log_leakage(handle: RunHandle, cache: DatasetCache) -> None:
         config.data.duplicate_threshold,
         config.data.duplicate_min_correlation,
         download=config.data.download,
+        cache_folder=leakage_cache_folder(handle),
     )
     if report is None:
         return
-    handle.tracker.log_metrics(handle.run_id, report.as_metrics())
+    handle.log_metrics(report.as_metrics())
     folder = handle.artifact_dir()
     report.as_table().to_csv(folder / "duplicates.csv", index=False)
     paths = [folder / "duplicates.csv"]
@@ -119,6 +124,14 @@ def log_leakage(handle: RunHandle, cache: DatasetCache) -> None:
         report.pairs_table(cache.files(config.dataset)).to_csv(folder / "duplicate_pairs.csv", index=False)
         paths.append(folder / "duplicate_pairs.csv")
     handle.log_artifacts(paths, "leakage")
+
+
+def leakage_cache_folder(handle: RunHandle) -> Path | None:
+    """Where the sweep's jobs share their leakage reports (``<output root>/.leakage``), so the scan runs once
+    per dataset, not once per job; ``None`` (scan in every process) with ``SSL_HPC_LEAKAGE_CACHE=0``."""
+    if os.environ.get("SSL_HPC_LEAKAGE_CACHE", "1") == "0":
+        return None
+    return handle.context.output_root / LEAKAGE_CACHE
 
 
 def train_classifier(
@@ -142,6 +155,7 @@ def train_classifier(
     if weights is not None:
         tags["class_weights"] = ",".join(f"{w:.4f}" for w in weights)
     weight_tensor = class_weight_tensor(weights, handle.precision.device)
+    handle.timer.switch("train")  # the frozen backbone's feature cache is counted in training, as in train_seconds
     cache = None
     # Guidance needs the backbone's activations every step (and its training images carry their masks).
     if settings.guidance is None and uses_feature_cache(config.finetune, settings.augment, runtime.feature_cache):
@@ -149,7 +163,7 @@ def train_classifier(
             model, {"train": train, "val": val, "test": test}, handle.precision, runtime.eval_batch_size
         )
         tags["feature_cache"] = "true"
-        handle.tracker.log_metrics(handle.run_id, {"feature_cache_seconds": cache.seconds})
+        handle.log_metrics({"feature_cache_seconds": cache.seconds})
         task = FeatureHeadTask(model, opened, cache.val, weight_tensor, runtime.eval_batch_size)
     else:
         augment = classification_augmentation(settings.augment, dataset.image_size)
@@ -175,6 +189,7 @@ def train_classifier(
     )
     if result.best_state is not None:
         model.load_state_dict(result.best_state)
+    handle.timer.switch("eval")
     seconds = sum(entry["epoch_seconds"] for entry in result.history)  # over every attempt
     batch, autocast = runtime.eval_batch_size, handle.precision.autocast
     if cache is None:
@@ -200,7 +215,8 @@ def classification_task(model, opened, val: ImageSplit, dataset: LabeledDataset,
 def knn_predictions(
     model, train: ImageSplit, val: ImageSplit, test: ImageSplit, num_classes: int, k: int, handle: RunHandle
 ):
-    """k-NN on the frozen backbone's features: no optimiser, no epochs."""
+    """k-NN on the frozen backbone's features: no optimiser, no epochs (its time is evaluation)."""
+    handle.timer.switch("eval")
     started = time.perf_counter()
     handle.tracker.set_tags(handle.run_id, {"trainable_params": "0"})
     encoder = torch.nn.Sequential(model.preprocess, model.backbone)

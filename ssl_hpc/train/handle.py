@@ -19,6 +19,7 @@ from ssl_hpc.config import CamSettings, ImageFolderSpec, RuntimeSettings
 from ssl_hpc.files import save_atomic
 from ssl_hpc.tracking import GitState, SweepTracker
 from ssl_hpc.train.loop import CheckpointPolicy, Precision
+from ssl_hpc.train.phases import PhaseTimer
 
 if TYPE_CHECKING:
     from ssl_hpc.jobs import Job
@@ -45,7 +46,8 @@ class RunContext:
 
 @dataclass
 class RunHandle:
-    """An open MLflow run and the folder where the job keeps its checkpoints."""
+    """An open MLflow run and the folder where the job keeps its checkpoints. Metrics and artifacts go
+    through :meth:`log_metrics` and :meth:`log_artifacts`, whose time ``timer`` charges to ``upload``."""
 
     job: Job
     tracker: SweepTracker
@@ -53,6 +55,7 @@ class RunHandle:
     workdir: Path
     precision: Precision
     context: RunContext
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
 
     def log_history(self, history: list[dict[str, float]]) -> None:
         """On resume: logs every epoch of ``history`` that MLflow does not have yet (after a crash, some)."""
@@ -66,7 +69,7 @@ class RunHandle:
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         values = {name: value for name, value in metrics.items() if name != "epoch"}
-        self.tracker.log_metrics(self.run_id, values, step=epoch)
+        self.log_metrics(values, step=epoch)
         if self.context.on_epoch is not None:
             self.context.on_epoch(self.job, epoch, values)
 
@@ -86,9 +89,18 @@ class RunHandle:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """One batch of metrics (one call to the store however many there are); ``step``: an epoch's."""
+        with self.timer.phase("upload"):
+            if step is None:
+                self.tracker.log_metrics(self.run_id, metrics)
+            else:
+                self.tracker.log_metrics(self.run_id, metrics, step=step)
+
     def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
-        for path in paths:
-            self.tracker.log_artifact(self.run_id, path, artifact_path)
+        with self.timer.phase("upload"):
+            for path in paths:
+                self.tracker.log_artifact(self.run_id, path, artifact_path)
 
 
 def save_model(state: Mapping[str, torch.Tensor], path: Path) -> Path:

@@ -71,6 +71,7 @@ def run_pretrain(handle: RunHandle, cache: DatasetCache) -> None:
         modality="natural" if settings.modality == "auto" else settings.modality,
     )
     task = PretextTask(model, preprocess, augment, spec.views)
+    handle.timer.switch("train")
     result = fit(
         task,
         unlabeled,
@@ -84,6 +85,7 @@ def run_pretrain(handle: RunHandle, cache: DatasetCache) -> None:
         checkpoints=handle.checkpoint_policy,
         description=f"{config.method}/pretrain {handle.job.key}",
     )
+    handle.timer.switch("eval")
     # The backbone as fine-tuning will build it (AIM's causal ViT becomes a plain timm ViT).
     backbone = handle.precision.prepare(build_backbone_for(config, dataset.channels))
     backbone.load_state_dict(model.backbone.state_dict())
@@ -92,7 +94,7 @@ def run_pretrain(handle: RunHandle, cache: DatasetCache) -> None:
         "train_seconds": sum(entry["epoch_seconds"] for entry in result.history),
         "knn_val_acc": knn_monitor(encoder, dataset, device, handle.context.runtime.eval_batch_size),
     }
-    handle.tracker.log_metrics(handle.run_id, metrics)
+    handle.log_metrics(metrics)
     folder = handle.artifact_dir()
     handle.log_artifacts(
         [

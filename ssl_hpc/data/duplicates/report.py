@@ -7,8 +7,9 @@ artifacts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -118,4 +119,33 @@ class DuplicateReport:
         return ", ".join(
             f"{first}-{second}: {count.pairs} pairs ({count.second_images} {second} images)"
             for (first, second), count in self.counts.items()
+        )
+
+    def to_json(self) -> str:
+        """The whole report as JSON (:meth:`from_json` reads it back equal), e.g. for the leakage cache."""
+        return json.dumps(
+            {
+                "dataset": self.dataset,
+                "threshold": self.threshold,
+                "min_correlation": self.min_correlation,
+                "counts": [[first, second, asdict(count)] for (first, second), count in self.counts.items()],
+                "pairs": [asdict(pair) for pair in self.pairs],
+                "pairs_truncated": self.pairs_truncated,
+                "sizes": dict(self.sizes),
+                "seconds": self.seconds,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> DuplicateReport:
+        data = json.loads(text)
+        return cls(
+            dataset=data["dataset"],
+            threshold=data["threshold"],
+            min_correlation=data["min_correlation"],
+            counts={(first, second): SplitPairCount(**count) for first, second, count in data["counts"]},
+            pairs=tuple(DuplicatePair(**pair) for pair in data["pairs"]),
+            pairs_truncated=data["pairs_truncated"],
+            sizes=data["sizes"],
+            seconds=data["seconds"],
         )
