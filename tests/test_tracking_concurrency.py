@@ -7,8 +7,8 @@ other nodes use; the same check runs against it.
 
 from __future__ import annotations
 
-import multiprocessing
 import contextlib
+import multiprocessing
 import os
 import signal
 import socket
