@@ -149,10 +149,10 @@ class Collector:
 
 def ui_line(tracking_uri: str, sweep_name: str, tracker: SweepTracker | None = None) -> str:
     """Where to see the sweep's runs in the MLflow UI (``<ui>/#/experiments/<id>/runs``), and how to start
-    that UI when the store is a file; the experiment's id is looked up once, ``""`` before it exists."""
+    that UI when the store is a file."""
     tracker = tracker or SweepTracker.existing(tracking_uri, sweep_name)
     if tracker is None:
-        return ""
+        return f"MLflow UI: no experiment {sweep_name!r} yet in {tracking_uri} (the sweep creates it when it starts)"
     address, hint = ui_address(tracking_uri, tracker.experiment_id)
     return f"MLflow UI: {address}" + (f"  ({hint})" if hint else "")
 

@@ -14,7 +14,7 @@ from conftest import run_sweep_cli
 from ssl_hpc.config import validate_sweep
 from ssl_hpc.jobs import expand_jobs
 from ssl_hpc.status import JobStatus
-from ssl_hpc.tracking import ui_address
+from ssl_hpc.tracking import SweepTracker, ui_address
 from ssl_hpc.watch import (
     CLEAR,
     INTERRUPTED,
@@ -25,6 +25,7 @@ from ssl_hpc.watch import (
     format_duration,
     frame,
     progress_text,
+    ui_line,
     watch,
 )
 
@@ -121,13 +122,18 @@ def test_ctrl_c_stops_watching_with_130(jobs):
     assert out.getvalue().startswith(CLEAR) and "stopped watching" in out.getvalue()
 
 
-def test_ui_address_of_a_server_and_of_a_file_store(tmp_path):
+def test_ui_address_of_a_server_and_of_a_file_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_PORT", raising=False)
     assert ui_address("http://10.0.0.5:5000/", "7") == ("http://10.0.0.5:5000/#/experiments/7/runs", "")
     address, hint = ui_address(f"sqlite:///{tmp_path}/store/mlflow.db", "3", environ={})
     assert address == "http://127.0.0.1:5000/#/experiments/3/runs"
     assert f"MLFLOW_BACKEND_STORE_URI=sqlite:///{tmp_path}/store/mlflow.db" in hint and "mlflow/serve.sh" in hint
     address, _ = ui_address(f"sqlite:///{tmp_path}/mlflow.db", "3", environ={"MLFLOW_PORT": "5050"})
     assert address == "http://127.0.0.1:5050/#/experiments/3/runs"
+    assert "no experiment 'x' yet" in ui_line(f"sqlite:///{tmp_path}/absent.db", "x")
+    tracker = SweepTracker(f"sqlite:///{tmp_path}/mlflow.db", "x")
+    line = ui_line(tracker.tracking_uri, "x", tracker)
+    assert line.startswith(f"MLflow UI: http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs  (start")
 
 
 def test_watch_needs_status(tmp_path):
