@@ -171,3 +171,41 @@ def test_watching_a_running_local_sweep_redraws_until_it_ends(tmp_path, data_roo
         if sweep.poll() is None:
             sweep.kill()
             sweep.wait()
+
+
+def test_each_refresh_of_a_slurm_sweep_asks_slurm_once_and_mlflow_once(jobs, tmp_path, monkeypatch):
+    """However many jobs: one squeue, at most one sacct and one MLflow search per refresh, none per job."""
+    import ssl_hpc.launchers.slurm.status as slurm_status
+    from ssl_hpc.launchers.slurm import QueueEntry, Submission, append_records
+    from ssl_hpc.watch import Collector
+
+    output_root = tmp_path / "outputs" / "watched"
+    records = [Submission(job.key, f"100_{i}", "100", i, job.stage) for i, job in enumerate(jobs)]
+    append_records(output_root, records)
+    calls = {"squeue": 0, "sacct": 0, "search": 0}
+
+    def squeue(job_ids):
+        calls["squeue"] += 1
+        return {"100_0": QueueEntry("100_0", "RUNNING", "None", "node1")}
+
+    def sacct(job_ids):
+        calls["sacct"] += 1
+        return {}
+
+    monkeypatch.setattr(slurm_status, "squeue", squeue)
+    monkeypatch.setattr(slurm_status, "sacct", sacct)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "watched")
+    search = tracker.search
+
+    def counted(*args, **kwargs):
+        calls["search"] += 1
+        return search(*args, **kwargs)
+
+    collect = Collector(jobs, uri, "watched", output_root)
+    collect.tracker = tracker
+    monkeypatch.setattr(tracker, "search", counted)
+    for refresh in (1, 2):
+        rows, _ = collect()
+        assert calls == {"squeue": refresh, "sacct": refresh, "search": refresh}
+    assert [row.state for row in rows].count("running") == 1 and "on node1" in rows[0].detail
