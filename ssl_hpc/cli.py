@@ -43,6 +43,9 @@ def sweep_parser(prog: str, description: str, sweep_help: str, set_example: str)
     return parser
 
 
+WATCH_DEFAULT_S = 10.0  # --watch without SECONDS
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = sweep_parser(
         prog="launch/sweep.py",
@@ -53,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, help="where jobs run (default: the sweep's 'backend')")
     parser.add_argument("--dry-run", action="store_true", help="list every job, its key and dependencies; run nothing")
     parser.add_argument("--status", action="store_true", help="one row per job: pending / running / finished / failed")
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=WATCH_DEFAULT_S,
+        metavar="SECONDS",
+        help=f"with --status: a compact view redrawn every SECONDS (default {WATCH_DEFAULT_S:g}) until no job is "
+        "pending or running (exit 0); Ctrl-C stops watching (exit 130), not the sweep",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -115,6 +127,9 @@ def prepare_data(sweep: SweepConfig, jobs: list[Job], data_root: Path) -> None:
 def sweep_main(argv: list[str], project_root: Path) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.watch is not None and (not args.status or not args.watch > 0):
+        print("error: --watch [SECONDS > 0] only goes with --status (e.g. --status --watch 10)", file=sys.stderr)
+        return 2
     try:
         sweep = load_sweep(args.sweep, args.overrides)
         from ssl_hpc.jobs import check_registered_names, expand_jobs  # the registries: torch, lightly, timm
@@ -130,7 +145,7 @@ def sweep_main(argv: list[str], project_root: Path) -> int:
         return 0
     context = make_context(sweep, project_root, progress=not args.quiet and sys.stderr.isatty())
     if args.status:
-        return print_status(backend, jobs, context)
+        return print_status(backend, jobs, context, args.watch)
     refused = preflight(backend, sweep, context, project_root)
     if refused:
         print(f"error: {refused}", file=sys.stderr)
@@ -165,15 +180,18 @@ def preflight(backend: str, sweep: SweepConfig, context: RunContext, project_roo
     return None
 
 
-def print_status(backend: str, jobs: list[Job], context: RunContext) -> int:
-    """One row per job. A sweep submitted to Slurm combines MLflow with Slurm's view (one squeue, one sacct)."""
-    from ssl_hpc.launchers.slurm import load_records, slurm_statuses
-    from ssl_hpc.status import format_status, local_statuses
-    from ssl_hpc.tracking import SweepTracker
+def print_status(backend: str, jobs: list[Job], context: RunContext, watch_s: float | None = None) -> int:
+    """One row per job, or with ``watch_s`` the compact view redrawn until every job has ended. A sweep
+    submitted to Slurm combines MLflow with Slurm's view (one squeue, one sacct per refresh)."""
+    from ssl_hpc.status import format_status
+    from ssl_hpc.watch import Collector, ui_line, watch
 
-    tracker = SweepTracker.existing(context.tracking_uri, context.sweep_name)
-    rows = slurm_statuses(jobs, tracker, context.output_root) if load_records(context.output_root) else None
-    print(format_status(rows if rows is not None else local_statuses(jobs, tracker, context.output_root)))
+    collect = Collector(jobs, context.tracking_uri, context.sweep_name, context.output_root)
+    footer = lambda: ui_line(context.tracking_uri, context.sweep_name, collect.tracker)  # noqa: E731
+    if watch_s is not None:
+        return watch(collect, watch_s, context.sweep_name, sys.stdout, sys.stdout.isatty(), footer)
+    print(format_status(collect()[0]))
+    print(footer())
     return 0
 
 
@@ -204,6 +222,9 @@ def launch(
     print(f"{sweep.name}: " + ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items())))
     print(f"tracking: {context.tracking_uri}  (experiment {sweep.name!r})")
     aggregated = aggregate_at_the_end(sweep, context, project_root)
+    from ssl_hpc.watch import ui_line
+
+    print(ui_line(context.tracking_uri, sweep.name))
     return 0 if aggregated and all(outcome in ("finished", "skipped") for outcome in outcomes.values()) else 1
 
 
@@ -226,8 +247,11 @@ def submit_to_slurm(sweep: SweepConfig, jobs: list[Job], context: RunContext, pr
     print(format_report(report, sweep.name, context.output_root))
     print(
         f"tracking: {context.tracking_uri}  (experiment {sweep.name!r}); "
-        f"follow with: python launch/sweep.py <sweep> --status"
+        f"follow with: python launch/sweep.py <sweep> --status --watch"
     )
+    from ssl_hpc.watch import ui_line
+
+    print(ui_line(context.tracking_uri, sweep.name))
     return 1 if report.refused else 0
 
 

@@ -91,11 +91,34 @@ def running_elsewhere(run: Run | None, output_root: Path) -> str | None:
     return owner if owner and owner != str(Path(output_root).resolve()) else None
 
 
+# Short forms for the run name: MLflow's runs table cuts names at about 22 characters.
+SHORT_MODELS = {"supervised": "sup", "random_init": "rand", "barlowtwins": "barlow"}
+SHORT_MODES = {"frozen": "frz", "end_to_end": "e2e", "partial": "part", "knn": "knn"}
+SHORT_WEIGHTS = {"none": "", "inverse_count_complement": "icc", "inverse_frequency": "invf", "effective_number": "effn"}
+
+
+def label_budget_short(fraction: float | None, per_class: int | None) -> str:
+    """``0.25`` -> ``25%``, ``1.0`` -> ``100%``, 10 labels per class -> ``10/cls``."""
+    if per_class is not None:
+        return f"{per_class}/cls"
+    return f"{(fraction if fraction is not None else 1.0) * 100:g}%"
+
+
 def run_name(job: Job) -> str:
+    """The run's name in MLflow, leading with what differs between runs of a sweep, in short forms (model,
+    label budget, class weight unless none, fine-tune mode, seed), so the UI's cut (~22 characters) still
+    tells them apart, e.g. ``simclr 25% icc e2e s0 pneumoniamnist@28 resnet18 3f2a9c01d4e5``. What a sweep
+    rarely varies (data, backbone) and the key, which makes the name unique, follow."""
     config = job.config
+    model = SHORT_MODELS.get(job.model_name or config.method, job.model_name or config.method)
+    rest = [f"s{config.seed}", f"{config.dataset}@{config.size}", config.backbone, job.key]
     if config.stage == "pretrain":
-        return f"{config.method}-pretrain-{config.backbone}-{config.dataset}-{job.key}"
-    return f"{config.method}-{config.finetune}-{config.label_budget}-{config.class_weight}-{config.dataset}-{job.key}"
+        return " ".join([model, "pretrain", *rest])
+    weight = str(config.class_weight)
+    weight = SHORT_WEIGHTS.get(weight, weight.replace("critical:", "crit:"))
+    budget = label_budget_short(config.label_fraction, config.labels_per_class)
+    mode = SHORT_MODES.get(str(config.finetune), str(config.finetune))
+    return " ".join(part for part in [model, budget, weight, mode, *rest] if part)
 
 
 def _open_run(tracker: SweepTracker, job: Job, context: RunContext, workdir: Path, existing: Run | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,13 @@ def classify(run: Run | None, lock_held: bool, has_checkpoint: bool) -> tuple[st
     return "pending", status.lower()
 
 
-def local_statuses(jobs: list[Job], tracker: SweepTracker | None, output_root: Path) -> list[JobStatus]:
-    runs = tracker.runs_by_key() if tracker is not None else {}
+def local_statuses(
+    jobs: list[Job], tracker: SweepTracker | None, output_root: Path, runs: Mapping[str, Run] | None = None
+) -> list[JobStatus]:
+    """One row per job from MLflow (one search, or ``runs`` when the caller already has them: ``--watch``
+    reads their epochs too) and the run folders' locks and checkpoints."""
+    if runs is None:
+        runs = tracker.runs_by_key() if tracker is not None else {}
     rows = []
     for job in jobs:
         run = runs.get(job.key)

@@ -8,6 +8,7 @@ runs can be tracked from one process and from many processes at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
 from ssl_hpc.files import exclusive_lock
@@ -51,6 +52,22 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     if database is None:
         return None
     return (database.parent / "artifacts" / experiment).resolve().as_uri()
+
+
+def ui_address(tracking_uri: str, experiment_id: str, environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
+    """(address of the experiment's runs table in the MLflow UI, how to start that UI or ``""``).
+
+    An http(s) tracking URI is the UI itself. A SQLite or file store has no UI until ``mlflow/serve.sh`` serves
+    it, on ``MLFLOW_PORT`` (5000) of 127.0.0.1; the hint names the store when it is not the project's default."""
+    page = f"#/experiments/{experiment_id}/runs"
+    if re.match(r"^https?://", tracking_uri):
+        return f"{tracking_uri.rstrip('/')}/{page}", ""
+    address = f"http://127.0.0.1:{environ.get('MLFLOW_PORT', '5000')}/{page}"
+    database = local_database(tracking_uri)
+    if database is not None and database.name == "mlflow.db" and (database.parent / "serve.sh").is_file():
+        return address, f"start the UI with {database.parent / 'serve.sh'}"  # the project's own store
+    artifacts = f" MLFLOW_ARTIFACTS_DESTINATION={database.parent / 'artifacts'}" if database is not None else ""
+    return address, f"start the UI with MLFLOW_BACKEND_STORE_URI={tracking_uri}{artifacts} mlflow/serve.sh"
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -247,6 +264,21 @@ class SweepTracker:
         for name in names:
             if name in present:
                 self._client.delete_tag(run_id, name)
+
+    def log_dataset(
+        self, run_id: str, name: str, digest: str, source: str, profile: Mapping[str, Any], context: str
+    ) -> None:
+        """Records what the run trained on as an MLflow dataset input, so the runs table's Dataset column
+        shows it (``name`` and ``digest``) and runs on different data are told apart at a glance. The same
+        dataset logged again (a resumed run) is one input, not two."""
+        entity = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": source}),
+            profile=json.dumps(dict(profile)),
+        )
+        self._client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self._client.log_artifact(run_id, str(path), artifact_path)

@@ -7,6 +7,7 @@ A name declared under the sweep's ``datasets:`` is an image folder
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from ssl_hpc.data.duplicates import (
 )
 from ssl_hpc.data.duplicates.cache import cached_duplicate_report
 from ssl_hpc.data.image_folder import ImageFolderSpec, index_image_folder, load_image_folder
-from ssl_hpc.data.medmnist import ensure_medmnist_file, load_medmnist
+from ssl_hpc.data.medmnist import ensure_medmnist_file, load_medmnist, medmnist_filename
 from ssl_hpc.data.mnist import NAME as MNIST_NAME
-from ssl_hpc.data.mnist import ensure_mnist_files, load_mnist
+from ssl_hpc.data.mnist import ensure_mnist_files, load_mnist, mnist_raw_folder
 from ssl_hpc.data.splits import LabeledDataset
 
 
@@ -41,6 +42,7 @@ class DatasetCache:
         self.cache_dir = cache_dir
         self._loaded: dict[tuple[str, int], LabeledDataset] = {}
         self._reports: dict[tuple, DuplicateReport] = {}
+        self._fingerprints: dict[tuple[str, int], str] = {}
 
     def get(self, name: str, size: int, download: bool = True) -> LabeledDataset:
         key = (name, size)
@@ -53,6 +55,26 @@ class DatasetCache:
             else:
                 self._loaded[key] = load_medmnist(name, size, self.data_root, download=download)
         return self._loaded[key]
+
+    def source(self, name: str, size: int) -> str:
+        """Where ``name`` at ``size`` is read from (a file or a folder), for the run's MLflow dataset input:
+        someone looking at a run sees which file it trained on."""
+        spec = self.datasets.get(name)
+        if spec is not None:
+            return str(spec.resolve(spec.root, self.data_root))
+        if name == MNIST_NAME:
+            return str(mnist_raw_folder(self.data_root))
+        return str(self.data_root / medmnist_filename(name, size))
+
+    def fingerprint(self, name: str, size: int, download: bool = True) -> str:
+        """A digest of the three splits' examples and order (:meth:`ImageSplit.digest`), computed once per
+        process: two runs with the same fingerprint saw the very same data, whatever the file is called."""
+        key = (name, size)
+        if key not in self._fingerprints:
+            dataset = self.get(name, size, download)
+            parts = ",".join(f"{split}:{getattr(dataset, split).digest()}" for split in ("train", "val", "test"))
+            self._fingerprints[key] = hashlib.sha256(parts.encode()).hexdigest()[:16]
+        return self._fingerprints[key]
 
     def leakage(
         self,

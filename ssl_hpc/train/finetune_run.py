@@ -36,6 +36,7 @@ def run_finetune(handle: RunHandle, cache: DatasetCache) -> None:
     assert settings is not None and config.finetune is not None
     device = handle.precision.device
     dataset = cache.get(config.dataset, config.size, download=config.data.download)
+    handle.log_dataset(cache, config.dataset, config.size)
     log_leakage(handle, cache)
 
     labelled = label_subset(

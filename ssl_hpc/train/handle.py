@@ -22,6 +22,7 @@ from ssl_hpc.train.loop import CheckpointPolicy, Precision
 from ssl_hpc.train.phases import PhaseTimer
 
 if TYPE_CHECKING:
+    from ssl_hpc.data.loading import DatasetCache
     from ssl_hpc.jobs import Job
 
 
@@ -83,6 +84,16 @@ class RunHandle:
             self.tracker.set_tags(self.run_id, {"checkpoint_discarded": reason[:4000], "restarted_from_epoch": "0"})
 
         return CheckpointPolicy(version, self.context.runtime.resume_other_version, discarded)
+
+    def log_dataset(self, cache: DatasetCache, name: str, size: int, context: str = "training") -> None:
+        """The run's data as an MLflow dataset input (``<name>@<size>``, the digest of its splits): the runs
+        table's Dataset column then says what each run trained on, and a changed file shows as a new digest."""
+        download = self.job.config.data.download
+        dataset = cache.get(name, size, download)
+        profile = {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)}
+        profile["classes"] = dataset.num_classes
+        digest = cache.fingerprint(name, size, download)
+        self.tracker.log_dataset(self.run_id, f"{name}@{size}", digest, cache.source(name, size), profile, context)
 
     def artifact_dir(self) -> Path:
         path = self.workdir / "artifacts"

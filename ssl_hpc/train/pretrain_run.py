@@ -50,6 +50,9 @@ def run_pretrain(handle: RunHandle, cache: DatasetCache) -> None:
     device = handle.precision.device
     dataset = cache.get(config.dataset, config.size, download=config.data.download)
     extra = [cache.get(name, config.size, download=config.data.download) for name in settings.extra_unlabeled]
+    handle.log_dataset(cache, config.dataset, config.size)
+    for name in settings.extra_unlabeled:
+        handle.log_dataset(cache, name, config.size, context="unlabeled")
     unlabeled = pretraining_images(dataset, extra).to(device)
     handle.tracker.set_tags(handle.run_id, {"n_pretrain_images": str(len(unlabeled))})
 

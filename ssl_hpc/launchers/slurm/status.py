@@ -11,6 +11,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from mlflow.entities import Run
+
 from ssl_hpc.jobs import Job
 from ssl_hpc.launchers.slurm.queries import (
     ALIVE,
@@ -68,13 +70,16 @@ def failure_reason(
     return "; ".join(parts)
 
 
-def slurm_statuses(jobs: list[Job], tracker: SweepTracker | None, output_root: Path) -> list[JobStatus] | None:
+def slurm_statuses(
+    jobs: list[Job], tracker: SweepTracker | None, output_root: Path, runs: Mapping[str, Run] | None = None
+) -> list[JobStatus] | None:
     """One row per job from MLflow and Slurm (one ``squeue`` and one ``sacct`` call); ``None`` if the sweep
-    was never submitted to Slurm."""
+    was never submitted to Slurm. ``runs``: the sweep's runs by key when the caller already searched them."""
     records = load_records(output_root)
     if not records:
         return None
-    runs = tracker.runs_by_key() if tracker is not None else {}
+    if runs is None:
+        runs = tracker.runs_by_key() if tracker is not None else {}
     submitted = {key: records[key] for key in (job.key for job in jobs) if key in records}
     squeue_answered = True
     try:
