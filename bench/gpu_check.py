@@ -55,7 +55,18 @@ def gpu_tests() -> dict[str, object]:
     """``pytest -m gpu`` in a subprocess; its counts (and why they skipped, if they did)."""
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "gpu.xml"
-        command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py", f"--junitxml={report}"]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-n",
+            "0",
+            "-m",
+            "gpu",
+            "tests/test_gpu.py",
+            f"--junitxml={report}",
+        ]
         started = time.perf_counter()
         subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=420)
         suite = ElementTree.parse(report).getroot().find("testsuite")

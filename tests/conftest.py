@@ -13,6 +13,25 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def share_cores_between_workers(environ=os.environ) -> int | None:
+    """Under pytest-xdist (pyproject's ``-n 2``), each worker and the sweeps it starts get their share of the
+    cores (``OMP_NUM_THREADS``, which torch reads when it starts): two workers each running every core's worth
+    of threads would spin against each other. Returns the threads per worker, or None outside xdist or when
+    the environment already says."""
+    workers = int(environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2 or "OMP_NUM_THREADS" in environ:
+        return None
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    environ["OMP_NUM_THREADS"] = str(threads)
+    return threads
+
+
+if (_threads := share_cores_between_workers()) is not None:
+    import torch
+
+    torch.set_num_threads(_threads)
+
+
 def require_real_data() -> Path:
     """The folder holding the real pneumoniamnist.npz; skips (or fails under CI) without it."""
     root = os.environ.get("MEDMNIST_ROOT")
@@ -27,6 +46,43 @@ def require_real_data() -> Path:
 @pytest.fixture
 def data_root() -> Path:
     return require_real_data()
+
+
+# Per split: the number of real images a subset keeps (about a quarter of the training split).
+SUBSET_SIZES = {"train": 1200, "val": 200, "test": 200}
+
+
+def real_subset(folder: Path, sizes: dict[str, int] = SUBSET_SIZES, seed: int = 0) -> Path:
+    """A stratified subset of the real PneumoniaMNIST (same npz layout, same class shares, images untouched)
+    written to ``folder/pneumoniamnist.npz``; returns ``folder``, for use as MEDMNIST_ROOT.
+
+    For the end-to-end tests whose assertions are about the machinery (faults, resumes, the hand-off between
+    jobs, what the UI shows) rather than about accuracy: an epoch costs a quarter of the full split's.
+    """
+    import numpy as np
+
+    source = np.load(require_real_data() / "pneumoniamnist.npz")
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, size in sizes.items():
+        labels = source[f"{split}_labels"].reshape(-1)
+        chosen = []
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            share = max(1, round(size * len(members) / len(labels)))
+            chosen.append(rng.choice(members, size=min(share, len(members)), replace=False))
+        index = np.sort(np.concatenate(chosen))
+        arrays[f"{split}_images"] = source[f"{split}_images"][index]
+        arrays[f"{split}_labels"] = source[f"{split}_labels"][index]
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "pneumoniamnist.npz", **arrays)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def subset_root(tmp_path_factory) -> Path:
+    """MEDMNIST_ROOT of a stratified quarter of the real PneumoniaMNIST (``real_subset``)."""
+    return real_subset(tmp_path_factory.mktemp("pneumonia-subset"))
 
 
 @pytest.fixture

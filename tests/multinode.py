@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI, PROJECT_ROOT, SlurmCluster, require_real_data
+from conftest import IN_CI, PROJECT_ROOT, SlurmCluster, real_subset
 from ssl_hpc.tracking_access import apply_credentials
 
 STATE = Path(os.environ.get("SSL_HPC_MULTINODE_DIR", "/tmp/ssl-hpc-multinode"))
@@ -102,8 +102,10 @@ class MultiNode:
 def start(tmp_path_factory) -> MultiNode:
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"):
         unavailable("the multi-node cluster needs root, iproute2 and unshare (network namespaces)")
-    data_root = require_real_data()
     shared = tmp_path_factory.mktemp("multinode-shared")
+    # A quarter of the real PneumoniaMNIST (conftest.real_subset), on the shared filesystem: the faults
+    # need running jobs with checkpoints, not full epochs.
+    data_root = real_subset(shared / "data")
     # Not under pytest's 0700 temporary folder, which the database user cannot pass through; not shared.
     server_state = Path(tempfile.mkdtemp(prefix="ssl-hpc-multinode-server-"))
     slurm_env = {"SSL_HPC_SLURM_DIR": str(STATE), "SSL_HPC_SLURM_PORT": PORT_BASE, "MEDMNIST_ROOT": str(data_root)}

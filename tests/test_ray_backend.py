@@ -45,8 +45,8 @@ def snapshot(tracking_uri: str) -> dict[str, dict]:
     return result
 
 
-def test_ray_backend_produces_the_same_runs_as_the_local_backend(tmp_path, data_root):
-    """A pretraining job and its fine-tune job."""
+def test_ray_backend_produces_the_same_runs_as_the_local_backend(tmp_path, subset_root):
+    """A pretraining job and its fine-tune job, on a stratified quarter of the real PneumoniaMNIST."""
     methods = f"[{SSL}]"
     args = [
         "sweeps/smoke.yaml",
@@ -74,7 +74,7 @@ def test_ray_backend_produces_the_same_runs_as_the_local_backend(tmp_path, data_
         if backend == "ray":
             extra += ["--set", "ray.num_cpus=2", "--set", "ray.cpus_per_job=1", "--set", "ray.gpus_per_job=0"]
         result = run_sweep_cli(
-            [*args, *extra], {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": uri}, timeout=900
+            [*args, *extra], {"MEDMNIST_ROOT": str(subset_root), "MLFLOW_TRACKING_URI": uri}, timeout=900
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"smoke: {expected} finished" in result.stdout, result.stdout

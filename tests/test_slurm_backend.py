@@ -36,12 +36,12 @@ def job_ids(root) -> list[str]:
 
 
 def test_smoke_sweep_on_slurm_queues_every_run_once(
-    tmp_path, data_root, tracking_uri, slurm_cluster, slurm_cleanup, sweep_here
+    tmp_path, subset_root, tracking_uri, slurm_cluster, slurm_cleanup, sweep_here
 ):
     outputs = tmp_path / "outputs"
     root = outputs / "smoke"
     slurm_cleanup(root)
-    env = {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": tracking_uri}
+    env = {"MEDMNIST_ROOT": str(subset_root), "MLFLOW_TRACKING_URI": tracking_uri}
     common = [
         "sweeps/smoke.yaml",
         *SLURM,
@@ -113,13 +113,13 @@ def test_smoke_sweep_on_slurm_queues_every_run_once(
 
 
 def test_finetune_waits_for_its_pretraining_job_then_aggregation_runs(
-    tmp_path, data_root, tracking_uri, slurm_cluster, slurm_cleanup
+    tmp_path, subset_root, tracking_uri, slurm_cluster, slurm_cleanup
 ):
     name = f"slurm_order_{tmp_path.name[-12:]}"
     outputs = tmp_path / "outputs"
     root = outputs / name
     slurm_cleanup(root)
-    env = {"MEDMNIST_ROOT": str(data_root), "MLFLOW_TRACKING_URI": tracking_uri}
+    env = {"MEDMNIST_ROOT": str(subset_root), "MLFLOW_TRACKING_URI": tracking_uri}
     args = [
         "sweeps/smoke.yaml",
         *SLURM,
