@@ -324,7 +324,7 @@ node_config() {
 write_configs() {
     local pass=$1 ncpu mem_mb real_mem topo ctld_addr=127.0.0.1
     ((MULTI)) && ctld_addr=$LOGIN_ADDR
-    ncpu=$(nproc)
+    ncpu=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys those two; Slurm needs the real count
     mem_mb=$(awk '/^MemTotal:/ {print int($2/1024)}' /proc/meminfo)
     # leave 10% (at least 512 MB) to the OS and the daemons
     real_mem=$((mem_mb - (mem_mb / 10 > 512 ? mem_mb / 10 : 512)))
