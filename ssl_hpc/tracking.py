@@ -25,7 +25,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run,
 from mlflow.exceptions import MlflowException
 
 from ssl_hpc.files import exclusive_lock
-from ssl_hpc.tracking_access import RetryingClient, apply_credentials
+from ssl_hpc.tracking_access import RetryingClient, apply_credentials, lost_an_insert_race
 
 STORE_DIR = "mlflow"
 FINISHED, RUNNING, FAILED, KILLED = "FINISHED", "RUNNING", "FAILED", "KILLED"
@@ -270,7 +270,11 @@ class SweepTracker:
     ) -> None:
         """Records what the run trained on as an MLflow dataset input, so the runs table's Dataset column
         shows it (``name`` and ``digest``) and runs on different data are told apart at a glance. The same
-        dataset logged again (a resumed run) is one input, not two."""
+        dataset logged again (a resumed run) is one input, not two.
+
+        The store looks the dataset up, then inserts it: jobs of one sweep starting at the same moment race
+        for that insert, and the losers get a unique-key violation (seen on PostgreSQL with a job array).
+        The dataset is then there, and logging again only links it to this run."""
         entity = Dataset(
             name=name,
             digest=digest,
@@ -278,7 +282,14 @@ class SweepTracker:
             source=json.dumps({"uri": source}),
             profile=json.dumps(dict(profile)),
         )
-        self._client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
+        inputs = [DatasetInput(entity, [InputTag("mlflow.data.context", context)])]
+        for attempt in range(3):
+            try:
+                self._client.log_inputs(run_id, inputs)
+                return
+            except MlflowException as error:
+                if attempt == 2 or not lost_an_insert_race(error):
+                    raise
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self._client.log_artifact(run_id, str(path), artifact_path)

@@ -167,6 +167,16 @@ def transient_kind(error: BaseException) -> str | None:
     return OUTAGE if any(marker in text for marker in _OUTAGE_MARKERS) else None
 
 
+_UNIQUE_MARKERS = ("duplicate key value violates unique constraint", "unique constraint failed")  # PostgreSQL, SQLite
+
+
+def lost_an_insert_race(error: BaseException) -> bool:
+    """Whether ``error`` is a store refusing a row another writer inserted first (a unique-key violation):
+    what the loser of two concurrent get-or-create calls sees. Calling again finds the row."""
+    text = " ".join(str(link) for link in _chain(error)).lower()
+    return any(marker in text for marker in _UNIQUE_MARKERS)
+
+
 def _explained(error: Exception) -> Exception:
     """A refusal the user can act on, with the variable to set; other errors as they are."""
     status = http_status(error)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException, RestException
 
@@ -36,6 +37,7 @@ from ssl_hpc.tracking_access import (
     TrackingSetupError,
     TrackingUnavailableError,
     apply_credentials,
+    lost_an_insert_race,
     transient_kind,
     with_retries,
 )
@@ -348,6 +350,44 @@ def test_identical_metric_rows_are_stored_once(authenticated: Server):
     tracker._client.log_batch(run_id, metrics=rows)
     tracker._client.log_batch(run_id, metrics=rows)  # as a retry after a lost answer would
     assert [(m.step, m.value) for m in tracker.metric_history(run_id, "loss")] == [(4, 0.25)]
+
+
+def test_a_unique_key_violation_is_a_lost_insert_race():
+    postgres = MlflowException(
+        '(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'
+    )
+    sqlite = MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
+    assert lost_an_insert_race(postgres) and lost_an_insert_race(sqlite)
+    assert not lost_an_insert_race(MlflowException("RESOURCE_DOES_NOT_EXIST: run not found"))
+
+
+@tracking_server
+def test_jobs_starting_together_each_log_the_same_new_dataset(authenticated: Server):
+    """Eight jobs of a job array log the same dataset at the same instant (the store's look-up-then-insert
+    loses races on PostgreSQL): every run gets its dataset input, none fails."""
+    tracker = SweepTracker(authenticated.uri, "pg-datasets")
+    run_ids = [tracker.create_run(f"r{i}", {"key": f"dataset-race-{i}"}, {}) for i in range(8)]
+    start = threading.Barrier(len(run_ids))
+    errors: list[BaseException] = []
+
+    def job(run_id: str) -> None:
+        own = SweepTracker(authenticated.uri, "pg-datasets")  # each job its own client and connection
+        start.wait()
+        try:
+            own.log_dataset(run_id, "race@28", "0123456789abcdef", "/data/race.npz", {"train": 1}, "training")
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=job, args=(run_id,)) for run_id in run_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    client = MlflowClient(authenticated.uri)
+    for run_id in run_ids:
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("race@28", "0123456789abcdef")]
 
 
 def sqlite_files(*roots: Path, newer_than: float = 0.0) -> list[Path]:
