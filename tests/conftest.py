@@ -259,3 +259,25 @@ def sweep_here(monkeypatch, capsys):
         return code, out.out + out.err
 
     return call
+
+
+# ------------------------------------------------------------------------- the order the workers take files
+
+_FIRST = ("multinode", "e2e", "slurm")  # the longest files first, so the other worker fills in around them
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Files with multi-node, end-to-end or Slurm tests go first (in that order), each file's tests kept
+    together and in their order: with one file per worker (pyproject's ``--dist loadfile``), a long file
+    taken last would run alone at the end while the other worker sits idle."""
+
+    def rank(item) -> int:
+        marks = {mark.name for mark in item.iter_markers()}
+        return next((i for i, name in enumerate(_FIRST) if name in marks), len(_FIRST))
+
+    file_rank: dict[str, int] = {}
+    for item in items:
+        path = str(item.path)
+        file_rank[path] = min(file_rank.get(path, len(_FIRST)), rank(item))
+    first_seen = {path: index for index, path in enumerate(dict.fromkeys(str(item.path) for item in items))}
+    items.sort(key=lambda item: (file_rank[str(item.path)], first_seen[str(item.path)]))
