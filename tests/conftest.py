@@ -61,19 +61,19 @@ def real_subset(folder: Path, sizes: dict[str, int] = SUBSET_SIZES, seed: int = 
     """
     import numpy as np
 
-    source = np.load(require_real_data() / "pneumoniamnist.npz")
     rng = np.random.default_rng(seed)
     arrays = {}
-    for split, size in sizes.items():
-        labels = source[f"{split}_labels"].reshape(-1)
-        chosen = []
-        for label in np.unique(labels):
-            members = np.flatnonzero(labels == label)
-            share = max(1, round(size * len(members) / len(labels)))
-            chosen.append(rng.choice(members, size=min(share, len(members)), replace=False))
-        index = np.sort(np.concatenate(chosen))
-        arrays[f"{split}_images"] = source[f"{split}_images"][index]
-        arrays[f"{split}_labels"] = source[f"{split}_labels"][index]
+    with np.load(require_real_data() / "pneumoniamnist.npz") as source:
+        for split, size in sizes.items():
+            labels = source[f"{split}_labels"].reshape(-1)
+            chosen = []
+            for label in np.unique(labels):
+                members = np.flatnonzero(labels == label)
+                share = max(1, round(size * len(members) / len(labels)))
+                chosen.append(rng.choice(members, size=min(share, len(members)), replace=False))
+            index = np.sort(np.concatenate(chosen))
+            arrays[f"{split}_images"] = source[f"{split}_images"][index]
+            arrays[f"{split}_labels"] = source[f"{split}_labels"][index]
     folder.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(folder / "pneumoniamnist.npz", **arrays)
     return folder

@@ -2,7 +2,7 @@
 
 The sweep runs once per session (it is the most expensive test); the tests below read its
 MLflow store. The aggregation and CAM checks of the same outputs live here too, so CI pays for
-the sweep once. It runs on a stratified quarter of the real PneumoniaMNIST (``conftest.real_subset``)
+the sweep once. It runs on a stratified quarter of the real PneumoniaMNIST (``subset_root``)
 with one of the sweep's two label fractions (25 %): 5 pretraining and 10 fine-tune runs; the second
 fraction would only repeat the same code on four times the examples (two label fractions end to end are
 the smoke sweep's test, on the whole dataset).
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import real_subset, run_sweep_cli
+from conftest import run_sweep_cli
 
 pytestmark = pytest.mark.e2e
 METHODS = {"simclr", "mocov2", "aim", "mae", "rotnet"}
@@ -24,11 +24,10 @@ FINETUNES = len(METHODS) * 2  # x frozen, end to end
 
 
 class SmokeSSL:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, data: Path):
         self.root = root
         self.tracking_uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
         self.outputs = root / "outputs"
-        data = real_subset(root / "data")  # a stratified quarter of the real PneumoniaMNIST
         self.env = {"MEDMNIST_ROOT": str(data), "MLFLOW_TRACKING_URI": self.tracking_uri}
         self.results = root / "results"
         self.args = [
@@ -52,8 +51,8 @@ class SmokeSSL:
 
 
 @pytest.fixture(scope="module")
-def smoke_ssl(tmp_path_factory) -> SmokeSSL:
-    sweep = SmokeSSL(tmp_path_factory.mktemp("smoke_ssl"))
+def smoke_ssl(tmp_path_factory, subset_root) -> SmokeSSL:
+    sweep = SmokeSSL(tmp_path_factory.mktemp("smoke_ssl"), subset_root)
     result = sweep.run()
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     sweep.first_output = result.stdout
@@ -121,25 +120,24 @@ def test_the_sweep_ends_with_tables_whose_cells_are_the_runs_metrics(smoke_ssl):
     by_id = {run.info.run_id: run for run in finetune}
     folder = smoke_ssl.results / "smoke_ssl"
     runs_csv = pd.read_csv(folder / "runs.csv")
-    for fraction in (FRACTION,):
-        table = pd.read_csv(folder / f"table_pneumoniamnist_{fraction}.csv", index_col="row")
-        assert list(table.index) == ["class_0", "class_1", "accuracy", "mean_class_accuracy"]
-        for column in table.columns:
-            assert table.loc["mean_class_accuracy", column] == pytest.approx(
-                table.loc[["class_0", "class_1"], column].mean(), abs=0.011
-            )
-        for fusion in fusions:
-            assert any(column.startswith(f"{fusion}:") for column in table.columns), (fusion, list(table.columns))
-        singles = runs_csv[
-            runs_csv["table"].astype(str).str.endswith(fraction) & ~runs_csv["column"].astype(str).str.contains(":")
-        ]  # fusions have a rule after ':'
-        checked = 0
-        for _, row in singles.iterrows():
-            assert row["column"] in table.columns and row["run_id"] in by_id
-            metrics = by_id[row["run_id"]].data.metrics
-            assert table.loc["accuracy", row["column"]] == pytest.approx(100 * metrics["test_acc"], abs=0.006)
-            assert table.loc["class_1", row["column"]] == pytest.approx(100 * metrics["test_acc_class_1"], abs=0.006)
-            checked += 1
-        assert checked == 10  # 5 methods x 2 fine-tune modes
+    table = pd.read_csv(folder / f"table_pneumoniamnist_{FRACTION}.csv", index_col="row")
+    assert list(table.index) == ["class_0", "class_1", "accuracy", "mean_class_accuracy"]
+    for column in table.columns:
+        assert table.loc["mean_class_accuracy", column] == pytest.approx(
+            table.loc[["class_0", "class_1"], column].mean(), abs=0.011
+        )
+    for fusion in fusions:
+        assert any(column.startswith(f"{fusion}:") for column in table.columns), (fusion, list(table.columns))
+    singles = runs_csv[
+        runs_csv["table"].astype(str).str.endswith(FRACTION) & ~runs_csv["column"].astype(str).str.contains(":")
+    ]  # fusions have a rule after ':'
+    checked = 0
+    for _, row in singles.iterrows():
+        assert row["column"] in table.columns and row["run_id"] in by_id
+        metrics = by_id[row["run_id"]].data.metrics
+        assert table.loc["accuracy", row["column"]] == pytest.approx(100 * metrics["test_acc"], abs=0.006)
+        assert table.loc["class_1", row["column"]] == pytest.approx(100 * metrics["test_acc_class_1"], abs=0.006)
+        checked += 1
+    assert checked == FINETUNES  # 5 methods x 2 fine-tune modes
     _, aggregate = smoke_ssl.runs("aggregate")
     assert len(aggregate) == 1
