@@ -17,7 +17,8 @@ and mode, the number of trials and the ASHA scheduler::
 Every trial applies its sampled values to the sweep as ``--set`` overrides would, so it is an ordinary
 job of that sweep: its key, tags and MLflow conventions are the sweep command's, it runs through
 :func:`ssl_hpc.runner.run_job` (skip if FINISHED, resume from a checkpoint), and each epoch's metrics
-are reported to Tune after MLflow has them (ASHA needs intermediate results; the last epoch is reported
+are reported to Tune after MLflow has them (ASHA needs intermediate results, so a trial checkpoints
+every epoch whatever ``runtime.checkpoint_every_s`` says; the last epoch is reported
 once the run is FINISHED, so ``max_t`` -- by default the fine-tune epochs -- never cuts the test
 evaluation short). The sweep's grid must give
 one fine-tune job per trial (plus its pretraining job, if the method has one). A trial ASHA stops early
@@ -134,6 +135,8 @@ def tune_trial(config: dict[str, Any], raw: dict[str, Any], context: RunContext,
 
     context = replace(
         context,
+        # ASHA decides on each epoch as it ends: checkpoint (hence report) every epoch, not once a minute
+        runtime=context.runtime.model_copy(update={"checkpoint_every_s": 0}),
         on_epoch=report,
         extra_tags={
             **context.extra_tags,

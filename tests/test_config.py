@@ -95,6 +95,7 @@ def test_settings_that_cannot_matter_keep_the_key():
         {"finetune__effective_number_beta": 0.9},
         {"runtime__device": "cpu"},
         {"runtime__bf16": False},
+        {"runtime__checkpoint_every_s": 0},
         {"backend": "slurm"},
         {"data_root": "/elsewhere"},
         {"output_dir": "/tmp/x"},
@@ -284,3 +285,10 @@ def test_fine_tuning_defaults_follow_the_backbone_family():
     raw["finetune"]["optimizer"] = "sgd"
     settings = {job.config.backbone: job.config.finetune_settings for job in expand_jobs(validate_sweep(raw))}
     assert settings["vit_mini"].optimizer == "sgd"
+
+
+@pytest.mark.parametrize("value", [-1, "60", 1.5, True])
+def test_the_checkpoint_interval_is_whole_non_negative_seconds(value):
+    with pytest.raises(ConfigError) as caught:
+        validate_sweep(base(runtime__checkpoint_every_s=value), source="bad.yaml")
+    assert "runtime.checkpoint_every_s" in str(caught.value)

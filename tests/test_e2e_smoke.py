@@ -146,6 +146,8 @@ def test_killed_mid_epoch_resumes_into_the_same_run(tmp_path, data_root, trackin
         "--set",
         "runtime.keep_checkpoints=true",
         "--set",
+        "runtime.checkpoint_every_s=0",  # every epoch: the kill lands after a known checkpoint
+        "--set",
         "cam.enabled=false",
     ]
     dry = run_sweep_cli([*args, "--dry-run"], env)

@@ -252,6 +252,7 @@ def test_hostile_checkpoint_of_a_real_run_resumes_from_epoch_0_into_one_finished
         finetune={"epochs": 2, "batch_size": 16},
         cam={"enabled": False},
         data={"duplicates": "off"},
+        runtime={"checkpoint_every_s": 0},  # the first epoch is checkpointed, then reported (and crashes)
     )
     sweep = validate_sweep(raw)
     (job,) = expand_jobs(sweep)

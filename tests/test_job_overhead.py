@@ -232,9 +232,12 @@ def test_finetune_runs_log_the_five_phases_and_the_second_reads_the_leakage_repo
     tmp_path, data_root, counted_scans, monkeypatch
 ):
     """Two short frozen fine-tune jobs (two seeds) on PneumoniaMNIST, CAMs on: each logs ``seconds_*`` for
-    every phase, adding up to at most its wall time, and only the first scans for leakage."""
+    every phase, adding up to at most its wall time, and only the first scans for leakage. With the default
+    ``runtime.checkpoint_every_s`` (a minute) a run of two quick epochs writes one checkpoint, after its
+    final epoch, and still logs both epochs."""
     from mlflow import MlflowClient
 
+    import ssl_hpc.train.loop as loop
     from ssl_hpc.cli import make_context
     from ssl_hpc.config import validate_sweep
     from ssl_hpc.jobs import expand_jobs
@@ -264,6 +267,15 @@ def test_finetune_runs_log_the_five_phases_and_the_second_reads_the_leakage_repo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     context = make_context(sweep, tmp_path, progress=False)
     client = MlflowClient(context.tracking_uri)
+    checkpointed: list[int] = []
+    save = loop.save_atomic
+
+    def recording(obj, path):
+        if path.name == loop.LAST:
+            checkpointed.append(obj["epoch"])
+        return save(obj, path)
+
+    monkeypatch.setattr(loop, "save_atomic", recording)
     logged = []
     for job in expand_jobs(sweep):
         started = time.perf_counter()
@@ -278,5 +290,7 @@ def test_finetune_runs_log_the_five_phases_and_the_second_reads_the_leakage_repo
         # The first job of this process also counts the time since the process started; a later one does not.
         assert sum(seconds.values()) <= wall + (phases.process_age() if not logged else 0.0)
         logged.append({name: value for name, value in run.data.metrics.items() if name.startswith("duplicates_")})
+        steps = sorted(metric.step for metric in client.get_metric_history(run.info.run_id, "train_loss"))
+        assert steps == [0, 1] and checkpointed == [1] * len(logged), (steps, checkpointed)
     assert counted_scans == ["pneumoniamnist"]
     assert logged[0] and logged[0] == logged[1]

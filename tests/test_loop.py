@@ -12,7 +12,7 @@ from torch import nn
 from ssl_hpc.config import FinetuneSettings, StageSettings
 from ssl_hpc.data.splits import ImageSplit
 from ssl_hpc.files import load_checkpoint, save_atomic
-from ssl_hpc.train.loop import LAST, Precision, batch_order, batches, fit
+from ssl_hpc.train.loop import LAST, CheckpointPolicy, Precision, batch_order, batches, checkpoint_due, fit
 from ssl_hpc.train.optim import lr_at_epoch
 
 
@@ -201,3 +201,104 @@ def test_a_finished_run_resumed_trains_nothing(tmp_path):
     _, first, _ = run_fit(tmp_path, epochs=2)
     _, again, logged = run_fit(tmp_path, epochs=2)
     assert logged == [] and again.resumed_after_epoch == 1 and len(again.history) == 2
+
+
+# --------------------------------------------------------------------------- checkpoints at most once per interval
+
+RARELY = CheckpointPolicy(every_seconds=3600)  # within a test: the final epoch's checkpoint only
+
+
+def test_a_checkpoint_is_due_after_the_interval_or_at_the_final_epoch():
+    assert checkpoint_due(now=100.0, last_written=40.0, every_seconds=60, final_epoch=False)
+    assert not checkpoint_due(now=99.0, last_written=40.0, every_seconds=60, final_epoch=False)
+    assert checkpoint_due(now=41.0, last_written=40.0, every_seconds=60, final_epoch=True)
+    assert checkpoint_due(now=40.0, last_written=40.0, every_seconds=0, final_epoch=False)  # 0: every epoch
+
+
+class CheckpointWrites:
+    """Records the epoch of every ``last.pt`` the loop writes (through the one save function)."""
+
+    def __init__(self, monkeypatch):
+        import ssl_hpc.train.loop as loop
+
+        self.epochs: list[int] = []
+        original = loop.save_atomic
+
+        def recording(obj, path):
+            if path.name == LAST:
+                self.epochs.append(obj["epoch"])
+            return original(obj, path)
+
+        monkeypatch.setattr(loop, "save_atomic", recording)
+
+
+def test_a_rare_checkpoint_is_written_after_the_final_epoch_and_reports_every_epoch_then(tmp_path, monkeypatch):
+    writes = CheckpointWrites(monkeypatch)
+    _, result, logged = run_fit(tmp_path, epochs=4, select_by="val_acc", checkpoints=RARELY)
+    assert writes.epochs == [3]
+    assert logged == [0, 1, 2, 3]  # reported once the checkpoint held them, in order
+    assert load_checkpoint(tmp_path / LAST)["best_epoch"] == result.best_epoch
+    assert [p.name for p in tmp_path.glob("best-*.pt")] == [f"best-{result.best_epoch}.pt"]
+    assert result.best_state is not None
+
+
+def test_every_epoch_is_checkpointed_with_no_interval(tmp_path, monkeypatch):
+    writes = CheckpointWrites(monkeypatch)
+    run_fit(tmp_path, epochs=3, checkpoints=CheckpointPolicy(every_seconds=0))
+    assert writes.epochs == [0, 1, 2]
+
+
+class CrashAtEpoch(TinyTask):
+    """Dies in the middle of epoch ``at`` (its validation), like a node that went away."""
+
+    def __init__(self, val, at):
+        super().__init__(val)
+        self.epochs_validated, self.at = 0, at
+
+    def validate(self):
+        if self.epochs_validated == self.at:
+            raise Crash
+        self.epochs_validated += 1
+        return super().validate()
+
+
+def test_a_run_killed_before_its_first_checkpoint_reported_nothing_and_restarts_from_epoch_0(tmp_path):
+    logged = []
+    with pytest.raises(Crash):
+        fit(
+            CrashAtEpoch(toy_data(60, seed=1), at=2),
+            toy_data(),
+            SETTINGS,
+            seed=5,
+            workdir=tmp_path,
+            precision=Precision(torch.device("cpu")),
+            on_epoch_end=lambda epoch, metrics: logged.append(epoch),
+            checkpoints=RARELY,
+        )
+    assert logged == [] and not (tmp_path / LAST).exists()  # nothing a resume would train again was reported
+    straight, straight_result, _ = run_fit(tmp_path / "straight", epochs=4)
+    resumed_task, resumed, logged = run_fit(tmp_path, epochs=4, checkpoints=RARELY)
+    assert resumed.resumed_after_epoch is None and logged == [0, 1, 2, 3]  # no gap, no duplicate
+    assert [e["train_loss"] for e in resumed.history] == [e["train_loss"] for e in straight_result.history]
+
+
+def test_early_stopping_checkpoints_the_epoch_it_stops_after(tmp_path, monkeypatch):
+    writes = CheckpointWrites(monkeypatch)
+    task = TinyTask(toy_data(60, seed=1))
+    settings = FinetuneSettings(epochs=50, batch_size=32, lr=1e-9, schedule="constant")
+    logged = []
+    result = fit(
+        task,
+        toy_data(),
+        settings,
+        seed=5,
+        workdir=tmp_path,
+        precision=Precision(torch.device("cpu")),
+        select_by="val_acc",
+        patience=2,
+        on_epoch_end=lambda epoch, metrics: logged.append(epoch),
+        checkpoints=RARELY,
+    )
+    assert result.stopped_early and writes.epochs == [len(result.history) - 1]
+    assert logged == list(range(len(result.history)))
+    assert result.best_state is not None and (tmp_path / f"best-{result.best_epoch}.pt").is_file()

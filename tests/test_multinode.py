@@ -20,7 +20,17 @@ from test_preempt_slurm import checkpoint_epoch, wait_requeued
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e, pytest.mark.multinode]
 
-SLURM = ["--backend", "slurm", "--set", "slurm.profile=local_multinode", "--set", "runtime.num_threads=1", "--quiet"]
+SLURM = [
+    "--backend",
+    "slurm",
+    "--set",
+    "slurm.profile=local_multinode",
+    "--set",
+    "runtime.num_threads=1",
+    "--set",
+    "runtime.checkpoint_every_s=0",  # every epoch: the preemptions land after a known checkpoint
+    "--quiet",
+]
 
 
 def sweep_args(cluster, name: str, *sets: str, sweep: str = "sweeps/smoke.yaml") -> list[str]:

@@ -26,6 +26,8 @@ SLURM = [
     "slurm.profile=local",
     "--set",
     "runtime.num_threads=1",
+    "--set",
+    "runtime.checkpoint_every_s=0",  # every epoch: the kill lands after a known checkpoint
     "--quiet",
     "--set",
     "slurm.aggregate.enabled=false",

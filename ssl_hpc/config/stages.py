@@ -111,6 +111,11 @@ class RuntimeSettings(Strict):
     eval_batch_size: StrictInt = Field(512, ge=1)
     num_threads: StrictInt | None = Field(None, ge=1)
     keep_checkpoints: StrictBool = False
+    # A run's checkpoint is written at most once per this many seconds, and after its final epoch (0: after
+    # every epoch). Each is the whole model with fsync (~45 MB for a ResNet-18): more than a 28 px epoch
+    # of a frozen head or on a GPU. A preempted run re-trains at most this much; its metrics reach MLflow
+    # as its checkpoints are written (ssl_hpc.train.loop).
+    checkpoint_every_s: StrictInt = Field(60, ge=0)
     # Frozen fine-tuning without augmentation trains the head on features computed once per run
     # (ssl_hpc.train.feature_cache); false recomputes them every epoch (same results up to float noise).
     feature_cache: StrictBool = True

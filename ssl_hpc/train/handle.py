@@ -83,7 +83,8 @@ class RunHandle:
         def discarded(reason: str) -> None:
             self.tracker.set_tags(self.run_id, {"checkpoint_discarded": reason[:4000], "restarted_from_epoch": "0"})
 
-        return CheckpointPolicy(version, self.context.runtime.resume_other_version, discarded)
+        runtime = self.context.runtime
+        return CheckpointPolicy(version, runtime.resume_other_version, discarded, runtime.checkpoint_every_s)
 
     def log_dataset(self, cache: DatasetCache, name: str, size: int, context: str = "training") -> None:
         """The run's data as an MLflow dataset input (``<name>@<size>``, the digest of its splits): the runs
