@@ -116,10 +116,12 @@ def toy_data(n: int = 200, seed: int = 0) -> ImageSplit:
 SETTINGS = FinetuneSettings(epochs=4, batch_size=32, lr=0.1, schedule="cosine", min_lr=0.0)
 
 
-def run_fit(workdir, epochs, **kwargs):
-    task = TinyTask(toy_data(60, seed=1))
-    settings = SETTINGS.model_copy(update={"epochs": epochs})
-    logged = []
+def run_fit(workdir, epochs, task=None, settings=SETTINGS, logged=None, **kwargs):
+    """``fit`` of a :class:`TinyTask` (or ``task``) on the toy data; returns the task, the result and the
+    epochs reported (into ``logged`` if given, so that a run that raises still shows what it reported)."""
+    task = task if task is not None else TinyTask(toy_data(60, seed=1))
+    settings = settings.model_copy(update={"epochs": epochs})
+    logged = [] if logged is None else logged
     result = fit(
         task,
         toy_data(),
@@ -179,19 +181,11 @@ def test_best_epoch_state_is_returned(tmp_path):
     assert result.best_state is not None
 
 
+STALLED = FinetuneSettings(epochs=50, batch_size=32, lr=1e-9, schedule="constant")  # val_acc never improves
+
+
 def test_early_stopping_on_patience(tmp_path):
-    task = TinyTask(toy_data(60, seed=1))
-    settings = FinetuneSettings(epochs=50, batch_size=32, lr=1e-9, schedule="constant")
-    result = fit(
-        task,
-        toy_data(),
-        settings,
-        seed=5,
-        workdir=tmp_path,
-        precision=Precision(torch.device("cpu")),
-        select_by="val_acc",
-        patience=2,
-    )
+    _, result, _ = run_fit(tmp_path, epochs=50, settings=STALLED, select_by="val_acc", patience=2)
     assert result.stopped_early
     assert len(result.history) < 50
     assert int(result.history[-1]["epoch"]) - result.best_epoch == 2
@@ -265,16 +259,7 @@ class CrashAtEpoch(TinyTask):
 def test_a_run_killed_before_its_first_checkpoint_reported_nothing_and_restarts_from_epoch_0(tmp_path):
     logged = []
     with pytest.raises(Crash):
-        fit(
-            CrashAtEpoch(toy_data(60, seed=1), at=2),
-            toy_data(),
-            SETTINGS,
-            seed=5,
-            workdir=tmp_path,
-            precision=Precision(torch.device("cpu")),
-            on_epoch_end=lambda epoch, metrics: logged.append(epoch),
-            checkpoints=RARELY,
-        )
+        run_fit(tmp_path, epochs=4, task=CrashAtEpoch(toy_data(60, seed=1), at=2), logged=logged, checkpoints=RARELY)
     assert logged == [] and not (tmp_path / LAST).exists()  # nothing a resume would train again was reported
     straight, straight_result, _ = run_fit(tmp_path / "straight", epochs=4)
     resumed_task, resumed, logged = run_fit(tmp_path, epochs=4, checkpoints=RARELY)
@@ -284,20 +269,8 @@ def test_a_run_killed_before_its_first_checkpoint_reported_nothing_and_restarts_
 
 def test_early_stopping_checkpoints_the_epoch_it_stops_after(tmp_path, monkeypatch):
     writes = CheckpointWrites(monkeypatch)
-    task = TinyTask(toy_data(60, seed=1))
-    settings = FinetuneSettings(epochs=50, batch_size=32, lr=1e-9, schedule="constant")
-    logged = []
-    result = fit(
-        task,
-        toy_data(),
-        settings,
-        seed=5,
-        workdir=tmp_path,
-        precision=Precision(torch.device("cpu")),
-        select_by="val_acc",
-        patience=2,
-        on_epoch_end=lambda epoch, metrics: logged.append(epoch),
-        checkpoints=RARELY,
+    _, result, logged = run_fit(
+        tmp_path, epochs=50, settings=STALLED, select_by="val_acc", patience=2, checkpoints=RARELY
     )
     assert result.stopped_early and writes.epochs == [len(result.history) - 1]
     assert logged == list(range(len(result.history)))
